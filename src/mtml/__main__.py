@@ -1,0 +1,3 @@
+from mtml.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Fixed-episode evaluation: per-episode accuracy (kept for paired comparisons), mean and
+95% CI per split, the NIL metric, and cross-domain splits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mtml.data.storage import load_prepared
+from mtml.episodes.manifest import read_manifest
+from mtml.episodes.sampler import ImageBank, manifest_episodes
+from mtml.evaluation.stats import mean_ci95, nil_logits
+from mtml.methods import build
+from mtml.methods.base import MetaLearner
+from mtml.params import experiment, method
+from mtml.utils import atomic_path, progress, write_json
+
+
+def evaluation_splits(params: dict, exp: str) -> list[tuple[str, str, str]]:
+    """(split name, dataset, manifest file name) for each evaluation of an experiment."""
+    cfg = experiment(params, exp)
+    splits = [("test", cfg["dataset"], "test.parquet")]
+    splits += [("cross-domain", ds, f"cross-{ds}.parquet") for ds in cfg["cross_domain"]]
+    return splits
+
+
+def load_learner(params: dict, exp: str, meth: str, model_path: Path, device) -> MetaLearner:
+    saved = torch.load(model_path, map_location=device, weights_only=False)
+    learner = build(meth, method(params, meth), tuple(saved["image_shape"]), saved["ways"]).to(device)
+    learner.load_state_dict(saved["state"])
+    return learner.eval()
+
+
+def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str) -> pd.DataFrame:
+    rows = []
+    n = manifest["episode"].nunique()
+    bar, _ = progress(label, n)
+    with bar, torch.no_grad():
+        task = bar.add_task(label, total=n)
+        for ep_id, ep in manifest_episodes(bank, manifest):
+            acc = (learner.predict(ep).argmax(-1) == ep.query_y).float().mean()
+            nil = nil_logits(learner.embed(ep.support_x), ep.support_y, learner.embed(ep.query_x), ep.ways)
+            nil_acc = (nil.argmax(-1) == ep.query_y).float().mean()
+            rows.append({"episode": ep_id, "accuracy": 100 * float(acc), "nil_accuracy": 100 * float(nil_acc)})
+            bar.update(task, advance=1)
+    return pd.DataFrame(rows)
+
+
+def evaluate(params: dict, exp: str, meth: str, model_path: Path, processed_root: Path,
+             episodes_root: Path, metrics_dir: Path, device) -> list[dict]:
+    cfg = experiment(params, exp)
+    learner = load_learner(params, exp, meth, model_path, device)
+    t0 = time.perf_counter()
+    per_episode, summary = [], []
+    for split, dataset, fname in evaluation_splits(params, exp):
+        bank = ImageBank(load_prepared(Path(processed_root) / dataset), device)
+        frame = evaluate_manifest(learner, bank, read_manifest(Path(episodes_root) / exp / fname),
+                                  f"eval {exp}/{meth} {split}:{dataset}")
+        frame.insert(0, "split", split)
+        frame.insert(1, "dataset", dataset)
+        per_episode.append(frame)
+        acc, ci = mean_ci95(frame["accuracy"])
+        nil, nil_ci = mean_ci95(frame["nil_accuracy"])
+        summary.append({
+            "experiment": exp, "dataset": dataset, "split": split, "method": meth,
+            "algorithm": learner.algorithm, "ways": cfg["ways"], "shots": cfg["shots"],
+            "queries": cfg["queries"], "episodes": len(frame),
+            "accuracy": round(acc, 4), "ci95": round(ci, 4),
+            "nil_accuracy": round(nil, 4), "nil_ci95": round(nil_ci, 4)})
+    eval_seconds = time.perf_counter() - t0
+    with atomic_path(Path(metrics_dir) / "episodes.csv") as tmp:
+        pd.concat(per_episode).to_csv(tmp, index=False, float_format="%.4f")
+    write_json(Path(metrics_dir) / "eval.json", summary)
+    write_json(Path(metrics_dir) / "timing_eval.json", {"eval_seconds": round(eval_seconds, 3)})
+    return summary

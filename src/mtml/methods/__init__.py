@@ -1,0 +1,16 @@
+"""Methods, one module per family, all behind `MetaLearner` and built by name."""
+
+import importlib
+
+from mtml.methods.base import REGISTRY, Episode, MetaLearner, build, resolve_hparams
+
+# Each family module registers its algorithms on import.
+FAMILY_MODULES = [
+    "mtml.methods.gradient",
+    "mtml.methods.metric",
+]
+
+for _mod in FAMILY_MODULES:
+    importlib.import_module(_mod)
+
+__all__ = ["REGISTRY", "Episode", "MetaLearner", "build", "resolve_hparams"]

@@ -1,0 +1,67 @@
+"""Metric-based methods: ProtoNet (Snell et al. 2017) and the raw-pixel nearest-neighbour
+baseline that tells us how much of a benchmark pixels alone solve."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtml.methods.base import Episode, MetaLearner, accuracy, register
+from mtml.models.conv4 import Conv4
+
+
+def prototypes(support: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Class means of the support embeddings, [ways, D]."""
+    one_hot = torch.nn.functional.one_hot(labels, ways).to(support.dtype)
+    return (one_hot.T @ support) / one_hot.sum(0, keepdim=True).T
+
+
+def squared_euclidean_logits(query: Tensor, protos: Tensor) -> Tensor:
+    """logits[q, c] = -||query_q - proto_c||^2 (Snell et al., eq. 2)."""
+    return -((query[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
+
+
+@register("protonet")
+class ProtoNet(MetaLearner):
+    defaults = {"filters": 32}
+
+    def __init__(self, hp, image_shape, ways):
+        super().__init__(hp, image_shape, ways)
+        self.backbone = Conv4(image_shape[0], hp["filters"])
+
+    def logits(self, episode: Episode) -> Tensor:
+        protos = prototypes(self.backbone(episode.support_x), episode.support_y, episode.ways)
+        return squared_euclidean_logits(self.backbone(episode.query_x), protos)
+
+    def meta_loss(self, batch):
+        losses, accs = [], []
+        for ep in batch:
+            logits = self.logits(ep)
+            losses.append(torch.nn.functional.cross_entropy(logits, ep.query_y))
+            accs.append(accuracy(logits, ep.query_y))
+        return torch.stack(losses).mean(), {"acc": float(torch.stack(accs).mean())}
+
+    def predict(self, episode):
+        return self.logits(episode)
+
+    def embed(self, x):
+        return self.backbone(x)
+
+
+@register("pixel-nn")
+class PixelNearestNeighbour(MetaLearner):
+    """1-nearest-neighbour on raw pixels (Euclidean); nothing to train."""
+
+    defaults = {}
+    trainable = False
+
+    def predict(self, episode):
+        s, q = episode.support_x.flatten(1), episode.query_x.flatten(1)
+        dist = torch.cdist(q, s)  # [Q, S]
+        one_hot = torch.nn.functional.one_hot(episode.support_y, episode.ways).bool()
+        # Per class, the distance to its nearest support image; logits are its negative.
+        per_class = torch.where(one_hot[None], dist[:, :, None], torch.inf).amin(1)
+        return -per_class
+
+    def embed(self, x):
+        return x.flatten(1)

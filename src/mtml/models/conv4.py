@@ -1,0 +1,60 @@
+"""Conv-4 backbone (Vinyals et al.; Finn et al.) and the linear head.
+
+Four blocks of 3x3 conv (padding 1), BatchNorm, ReLU, 2x2 max-pool. BatchNorm always uses
+the statistics of the batch at hand (`track_running_stats=False`): inside an episode the
+support and query sets are normalised by themselves, as in MAML's reference code, and a
+model never carries running statistics from meta-training into a test episode.
+
+`block_hook(index, activation)` lets a feature modulator (attention, FiLM) rescale each
+block's output channels without a copy of the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, pool: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(out_channels, track_running_stats=False)
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.norm(self.conv(x)))
+        return nn.functional.max_pool2d(x, 2) if self.pool else x
+
+
+class Conv4(nn.Module):
+    def __init__(self, in_channels: int = 1, filters: int = 32, blocks: int = 4):
+        super().__init__()
+        chans = [in_channels] + [filters] * blocks
+        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
+        self.filters = filters
+
+    def forward(self, x: Tensor, block_hook: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if block_hook is not None:
+                x = block_hook(i, x)
+        return x.flatten(1)
+
+    def feature_dim(self, image_shape: tuple[int, int, int]) -> int:
+        with torch.no_grad():
+            return int(self.forward(torch.zeros(2, *image_shape)).shape[1])
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head. Parameter names are `backbone.*` and `head.*`."""
+
+    def __init__(self, image_shape: tuple[int, int, int], ways: int, filters: int = 32):
+        super().__init__()
+        self.backbone = Conv4(image_shape[0], filters)
+        self.head = nn.Linear(self.backbone.feature_dim(image_shape), ways)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))

@@ -1,0 +1,144 @@
+"""Load and validate params (params.yaml and presets), and resolve one run of the matrix.
+
+The JSON Schema in workflow/schemas/params.schema.yaml is the same one Snakemake's validate()
+uses; on top of it we check the names that link sections (an experiment's dataset must be
+defined, a method's algorithm must exist) and each method's hyperparameter keys.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from mtml.errors import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Merge like Snakemake merges --configfile over configfile: nested dicts key by key."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _fill_defaults(instance, schema, root):
+    if "$ref" in schema:
+        ref = schema["$ref"].split("/")[-1]
+        schema = {**root["definitions"][ref], **{k: v for k, v in schema.items() if k != "$ref"}}
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _message(err: jsonschema.ValidationError, schema: dict) -> str:
+    key = _key(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        where = f"{key}.{extra[0]}" if err.absolute_path else extra[0]
+        return f"params key '{where}' is unknown; allowed: {', '.join(allowed)}"
+    if err.validator == "enum":
+        return f"params key '{key}' is {err.instance!r}; allowed: {', '.join(map(str, err.validator_value))}"
+    if err.validator == "required":
+        return f"params key '{key}' lacks {err.message.split(' is a required')[0]}; see workflow/schemas/params.schema.yaml"
+    return f"params key '{key}': {err.message}"
+
+
+def validate(params: dict) -> dict:
+    """Return a validated copy with defaults filled; raise UserError with one clear message."""
+    schema = _schema()
+    params = copy.deepcopy(params or {})
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise UserError(_message(errors[0], schema))
+    _fill_defaults(params, schema, schema)
+    datasets = params["datasets"]
+    for name, exp in params["experiments"].items():
+        for key_name, names in (("dataset", [exp["dataset"]]), ("modes", exp["modes"]),
+                                ("cross_domain", exp["cross_domain"])):
+            for ds in names:
+                if ds in datasets:
+                    continue
+                key = f"experiments.{name}.{key_name}"
+                raise UserError(f"params key '{key}' names dataset {ds!r}; defined datasets: {', '.join(datasets)}")
+    from mtml.kinds import KINDS
+    from mtml.methods import resolve_hparams
+
+    for name, exp in params["experiments"].items():
+        if exp["kind"] not in KINDS:
+            raise UserError(f"params key 'experiments.{name}.kind' is {exp['kind']!r}; allowed: {', '.join(sorted(KINDS))}")
+        KINDS[exp["kind"]].check(params, name)
+    from mtml.analysis.registry import ANALYSES
+
+    for i, a in enumerate(params["analyses"]):
+        if a not in ANALYSES:
+            raise UserError(f"params key 'analyses[{i}]' is {a!r}; allowed: {', '.join(sorted(ANALYSES)) or '(none)'}")
+
+    for name, hp in params["methods"].items():
+        resolve_hparams(name, hp or {})
+    for name in list(params["experiments"]) + list(params["methods"]) + list(datasets):
+        if not name.replace("-", "").replace("_", "").replace("+", "").isalnum():
+            raise UserError(f"name {name!r} in params may use letters, digits, '-', '_' and '+' only (it becomes a path)")
+    return params
+
+
+def load(paths) -> dict:
+    """Load one or more params files (later ones override earlier ones) and validate."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    merged: dict = {}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise UserError(f"params file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"params file {p} is not valid YAML: {err}") from None
+        merged = deep_merge(merged, data)
+    return validate(merged)
+
+
+def training_config(params: dict, experiment: str) -> dict:
+    """Top-level training block with the experiment's overrides applied."""
+    return {**params["training"], **params["experiments"][experiment].get("training", {})}
+
+
+def experiment(params: dict, name: str) -> dict:
+    if name not in params["experiments"]:
+        raise UserError(f"experiment {name!r} is not in params; defined: {', '.join(params['experiments'])}")
+    return params["experiments"][name]
+
+
+def method(params: dict, name: str) -> dict:
+    if name not in params["methods"]:
+        raise UserError(f"method {name!r} is not in params; defined: {', '.join(params['methods'])}")
+    return params["methods"][name] or {}
+
+
+def experiment_datasets(params: dict, name: str) -> list[str]:
+    """Every dataset an experiment reads: its dataset, its modes, its cross-domain sets."""
+    exp = experiment(params, name)
+    return list(dict.fromkeys([exp["dataset"], *exp["modes"], *exp["cross_domain"]]))

@@ -1,0 +1,134 @@
+"""Meta-training: episodes sampled on the fly, Adam outer loop, validation on fixed episodes
+with best-checkpoint selection, a per-iteration CSV log, and resume after interruption.
+
+Resume is exact on CPU: the checkpoint holds the model, optimiser, the episode stream's and
+torch's RNG states, the log so far and the best weights, so an interrupted and resumed run
+ends with the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtml.data.storage import load_prepared
+from mtml.episodes.manifest import read_manifest
+from mtml.episodes.sampler import EpisodeStream, ImageBank, manifest_episodes
+from mtml.methods import build
+from mtml.methods.base import MetaLearner
+from mtml.params import experiment, method, training_config
+from mtml.utils import atomic_path, derive_seed, progress, write_json
+
+LOG_COLUMNS = ["iteration", "loss", "train_accuracy", "val_accuracy"]
+
+
+def run_fingerprint(params: dict, exp: str, meth: str) -> str:
+    """What a checkpoint must match to be resumed (any change starts training afresh)."""
+    key = {"seed": params["seed"], "experiment": experiment(params, exp), "method": method(params, meth),
+           "training": training_config(params, exp)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def episodes_accuracy(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame) -> float:
+    learner.eval()
+    accs = []
+    with torch.no_grad():
+        for _, ep in manifest_episodes(bank, manifest):
+            accs.append(float((learner.predict(ep).argmax(-1) == ep.query_y).float().mean()))
+    learner.train()
+    return float(np.mean(accs)) * 100
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root: Path,
+          model_dir: Path, metrics_dir: Path, device: torch.device) -> dict:
+    cfg = experiment(params, exp)
+    tcfg = training_config(params, exp)
+    data = load_prepared(Path(processed_root) / cfg["dataset"])
+    bank = ImageBank(data, device)
+    val = read_manifest(Path(episodes_root) / exp / "val.parquet")
+    val = val[val["episode"] < tcfg["val_episodes"]]
+
+    torch.manual_seed(derive_seed(params["seed"], exp, meth, "init"))
+    learner = build(meth, method(params, meth), bank.image_shape, cfg["ways"]).to(device)
+    # The training stream is shared by methods of an experiment: they see the same tasks.
+    stream = EpisodeStream(bank, "train", cfg["ways"], cfg["shots"], cfg["queries"],
+                           derive_seed(params["seed"], exp, "train-episodes"))
+    iterations = tcfg["iterations"] if learner.trainable else 0
+    fingerprint = run_fingerprint(params, exp, meth)
+    ckpt_path = Path(model_dir) / "checkpoint.pt"
+
+    optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
+    # traces: per-iteration records a method reports (e.g. task-attention weights) for analyses
+    start, log, traces, elapsed = 0, [], [], 0.0
+    best = {"accuracy": -1.0, "iteration": 0, "state": copy.deepcopy(learner.state_dict())}
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("fingerprint") == fingerprint:
+            learner.load_state_dict(ckpt["model"])
+            if optimizer is not None and ckpt["optimizer"] is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            stream.set_state(ckpt["stream"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            start, log, elapsed, best = ckpt["iteration"], ckpt["log"], ckpt["elapsed"], ckpt["best"]
+            traces = ckpt.get("traces", [])
+
+    t0 = time.perf_counter() - elapsed
+    bar, _ = progress(f"train {exp}/{meth}", iterations, loss="-", val="-")
+    with bar:
+        task = bar.add_task(f"train {exp}/{meth}", total=iterations, completed=start, loss="-", val="-")
+        for it in range(start, iterations):
+            stats = learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
+                                       lambda: stream.batch(tcfg["meta_batch"]))
+            if "trace" in stats:
+                traces.append({"iteration": it + 1, **stats.pop("trace")})
+            row = {"iteration": it + 1, "loss": stats["loss"], "train_accuracy": 100 * stats.get("acc", np.nan),
+                   "val_accuracy": np.nan}
+            last = it + 1 == iterations
+            if (it + 1) % tcfg["val_interval"] == 0 or last:
+                row["val_accuracy"] = episodes_accuracy(learner, bank, val)
+                if row["val_accuracy"] > best["accuracy"]:
+                    best = {"accuracy": row["val_accuracy"], "iteration": it + 1,
+                            "state": copy.deepcopy(learner.state_dict())}
+                log.append(row)
+                _save_checkpoint(ckpt_path, {
+                    "fingerprint": fingerprint, "iteration": it + 1, "model": learner.state_dict(),
+                    "optimizer": optimizer.state_dict(), "stream": stream.state(),
+                    "torch_rng": torch.get_rng_state(), "log": log, "best": best, "traces": traces,
+                    "elapsed": time.perf_counter() - t0})
+            else:
+                log.append(row)
+            bar.update(task, advance=1, loss=f"{stats['loss']:.3f}",
+                       val=f"{best['accuracy']:.1f}" if best["accuracy"] >= 0 else "-")
+    train_seconds = time.perf_counter() - t0
+    if iterations == 0:  # nothing to resume, but every run leaves a checkpoint (a DVC output)
+        _save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "iteration": 0, "model": learner.state_dict(),
+                                     "optimizer": None, "stream": stream.state(),
+                                     "torch_rng": torch.get_rng_state(), "log": log, "best": best, "elapsed": 0.0})
+
+    if best["accuracy"] < 0:  # nothing trained (e.g. pixel-nn): keep the initial weights
+        best["accuracy"] = episodes_accuracy(learner, bank, val)
+    with atomic_path(Path(model_dir) / "model.pt") as tmp:
+        torch.save({"state": best["state"], "method": meth, "experiment": exp,
+                    "image_shape": list(bank.image_shape), "ways": cfg["ways"]}, tmp)
+    frame = pd.DataFrame(log, columns=LOG_COLUMNS)
+    with atomic_path(Path(metrics_dir) / "train_log.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    summary = {"iterations": iterations, "best_iteration": best["iteration"],
+               "best_val_accuracy": round(best["accuracy"], 4)}
+    write_json(Path(metrics_dir) / "train.json", summary)
+    with atomic_path(Path(metrics_dir) / "trace.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(t, sort_keys=True) + "\n" for t in traces))
+    write_json(Path(metrics_dir) / "timing_train.json", {"train_seconds": round(train_seconds, 3)})
+    return summary

@@ -1,0 +1,77 @@
+import os
+import re
+
+from snakemake.utils import min_version, validate
+
+from mtml.errors import UserError
+from mtml.params import experiment_datasets as mtml_experiment_datasets
+from mtml.params import validate as mtml_validate
+
+min_version("8.10")
+
+# Schema check (with defaults), then the checks that link sections (dataset names, method
+# algorithms and hyperparameter keys): the same ones every `python -m mtml` stage runs.
+validate(config, "../schemas/params.schema.yaml")
+try:
+    config = mtml_validate(config)
+except UserError as err:
+    raise WorkflowError(f"params: {err}")
+
+# Jobs read the same files Snakemake merged, so a stage sees exactly this config.
+# (Use --configfile for overrides; --config key=value would not reach the stages.)
+PARAMS = " ".join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
+
+DATASETS = list(config["datasets"])
+EXPERIMENTS = list(config["experiments"])
+METHODS = list(config["methods"])
+ANALYSES = list(config["analyses"])
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, DATASETS)),
+    experiment="|".join(map(re.escape, EXPERIMENTS)),
+    method="|".join(map(re.escape, METHODS)),
+
+
+def _uses_gpu():
+    if config["device"] == "cpu":
+        return 0
+    if config["device"] == "cuda":
+        return 1
+    import torch
+
+    return int(torch.cuda.is_available())
+
+
+GPU = _uses_gpu()
+# Torch threads per job. With --cores above the machine's CPUs (e.g. --cores 8 on a 2-core
+# laptop) each job declares proportionally more threads, so Snakemake never starts more
+# concurrent work than there are CPUs.
+TORCH_THREADS = min(2, os.cpu_count() or 1)
+_cores = workflow.cores if isinstance(workflow.cores, int) else None
+_scale = max(1, (_cores or 0) // (os.cpu_count() or 1)) if _cores else 1
+JOB_THREADS = TORCH_THREADS * _scale
+
+
+def run_dir(root, w):
+    return f"{root}/{w.experiment}/{w.method}"
+
+
+def experiment_datasets(w):
+    return [f"data/processed/{d}" for d in mtml_experiment_datasets(config, w.experiment)]
+
+
+def run_outputs(exp, meth):
+    return [
+        f"models/{exp}/{meth}/model.pt",
+        f"metrics/runs/{exp}/{meth}/train_log.csv",
+        f"metrics/runs/{exp}/{meth}/eval.json",
+    ]
+
+
+ALL_OUTPUTS = [f"metrics/analysis/{a}" for a in ANALYSES] + [
+    "metrics/summary.json",
+    "metrics/summary.md",
+    "metrics/plots/accuracy.png",
+    "metrics/plots/val_curves.png",
+]
