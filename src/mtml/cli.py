@@ -97,6 +97,18 @@ def cmd_analyse(args):
     print(f"wrote {METRICS / 'analysis' / args.name}")
 
 
+def cmd_benchmark(args):
+    from mtml.benchmark import benchmark, print_benchmark, write_benchmark
+
+    params = _setup(args)
+    exp = args.experiment or next(iter(params["experiments"]))
+    result = benchmark(params, exp, args.iterations, args.episodes)
+    print_benchmark(result)
+    out = args.out or f"bench/benchmark-{result['device'].split(':')[0]}.json"
+    write_benchmark(result, out)
+    print(f"wrote {out}")
+
+
 def cmd_validate(args):
     _setup(args)
     print("params OK")
@@ -126,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyse", parents=[common], help="draw one analysis (figures under metrics/analysis/)")
     p.add_argument("--name", required=True)
     p.set_defaults(func=cmd_analyse)
+    p = sub.add_parser("benchmark", parents=[common], help="iterations/s and episodes/s of each method")
+    p.add_argument("--experiment", default=None, help="episode setting to time (default: the first experiment)")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--episodes", type=int, default=30)
+    p.add_argument("--out", default=None, help="JSON output (default: bench/benchmark-<device>.json)")
+    p.set_defaults(func=cmd_benchmark)
     p = sub.add_parser("validate", parents=[common], help="check params and exit")
     p.set_defaults(func=cmd_validate)
     return parser

@@ -5,6 +5,8 @@
 - `labels.npy`  int64 array [N]: the class id of each image,
 - `classes.csv` the class table: class_id, name, group (alphabet/domain/...), split, n_images,
 - `meta.json`   source, image shape and the params that made it.
+- `<extra>.npy` optional per-image arrays [N, ...] (dense labels of multi-task datasets),
+  listed in meta.json under `extras`.
 
 Every source (generator, official archive, a user's folder) ends here, so the rest of the
 pipeline never knows where a dataset came from.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,7 @@ class PreparedDataset:
     labels: np.ndarray  # int64 [N]
     classes: pd.DataFrame
     meta: dict
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # per-image arrays [N, ...]
 
     def split_classes(self, split: str) -> np.ndarray:
         return self.classes.loc[self.classes["split"] == split, "class_id"].to_numpy()
@@ -85,14 +88,26 @@ def write_prepared(
     labels: np.ndarray,
     classes: pd.DataFrame,
     meta: dict,
+    extras: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Validate, then write the prepared form atomically (a directory rename)."""
+    """Validate, then write the prepared form atomically (a directory rename).
+
+    `extras` are further per-image arrays (first axis N), saved as `<name>.npy`.
+    """
     out_dir = Path(out_dir)
     classes = validate(images, labels.astype(np.int64), classes, str(out_dir))
+    extras = dict(extras or {})
+    for key, arr in extras.items():
+        if not key.isidentifier() or key in ("images", "labels") or arr.shape[:1] != images.shape[:1]:
+            raise ValueError(f"extra {key!r}: needs an identifier name and {images.shape[0]} rows")
     # A content hash lets downstream stages notice any change of the data itself.
     digest = hashlib.md5(np.ascontiguousarray(images).data)
     digest.update(labels.astype(np.int64).tobytes())
     digest.update(classes.to_csv(index=False).encode())
+    for key in sorted(extras):
+        digest.update(key.encode() + np.ascontiguousarray(extras[key]).tobytes())
+    if extras:
+        meta = {**meta, "extras": sorted(extras)}
     meta = {**meta, "image_shape": list(images.shape[1:]), "n_images": int(images.shape[0]),
             "n_classes": int(len(classes)), "content_md5": digest.hexdigest()}
     with atomic_path(out_dir) as tmp:
@@ -100,6 +115,8 @@ def write_prepared(
         np.save(tmp / "images.npy", np.ascontiguousarray(images))
         np.save(tmp / "labels.npy", labels.astype(np.int64))
         classes.to_csv(tmp / "classes.csv", index=False)
+        for key, arr in extras.items():
+            np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -117,4 +134,9 @@ def load_prepared(path: str | Path, mmap: bool = True) -> PreparedDataset:
     classes = pd.read_csv(path / "classes.csv", keep_default_na=False)
     classes = validate(images, labels, classes, str(path))
     meta = json.loads((path / "meta.json").read_text())
-    return PreparedDataset(path.name, images, labels, classes, meta)
+    extras = {}
+    for key in meta.get("extras", []):
+        if not (path / f"{key}.npy").exists():
+            raise UserError(f"prepared dataset {path} lacks {key}.npy; run the prepare stage again")
+        extras[key] = np.load(path / f"{key}.npy", mmap_mode="r" if mmap else None)
+    return PreparedDataset(path.name, images, labels, classes, meta, extras)

@@ -18,7 +18,8 @@ class ImageBank:
     def __init__(self, data: PreparedDataset, device: torch.device):
         self.data = data
         self.device = device
-        self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)
+        # One read of the (memory-mapped) array into memory, then onto the device.
+        self.images = torch.from_numpy(np.array(data.images)).to(device)
         self.image_shape = tuple(self.images.shape[1:])
         self.pools = items_by_class(data.labels, len(data.classes))
 

@@ -34,6 +34,14 @@ def load_learner(params: dict, exp: str, meth: str, model_path: Path, device) ->
     return learner.eval()
 
 
+def episode_embeddings(learner: MetaLearner, ep) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support and query features for NIL. Methods whose features depend on the task
+    (modulated or per-mode networks) provide `embed_episode(episode)`."""
+    if hasattr(learner, "embed_episode"):
+        return learner.embed_episode(ep)
+    return learner.embed(ep.support_x), learner.embed(ep.query_x)
+
+
 def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str) -> pd.DataFrame:
     rows = []
     n = manifest["episode"].nunique()
@@ -42,11 +50,24 @@ def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFr
         task = bar.add_task(label, total=n)
         for ep_id, ep in manifest_episodes(bank, manifest):
             acc = (learner.predict(ep).argmax(-1) == ep.query_y).float().mean()
-            nil = nil_logits(learner.embed(ep.support_x), ep.support_y, learner.embed(ep.query_x), ep.ways)
+            support, query = episode_embeddings(learner, ep)
+            nil = nil_logits(support, ep.support_y, query, ep.ways)
             nil_acc = (nil.argmax(-1) == ep.query_y).float().mean()
             rows.append({"episode": ep_id, "accuracy": 100 * float(acc), "nil_accuracy": 100 * float(nil_acc)})
             bar.update(task, advance=1)
     return pd.DataFrame(rows)
+
+
+def summary_row(exp: str, cfg: dict, meth: str, learner: MetaLearner, split: str, dataset: str,
+                frame: pd.DataFrame) -> dict:
+    """One eval.json row: mean accuracy and NIL accuracy of `frame`'s episodes with 95% CIs."""
+    acc, ci = mean_ci95(frame["accuracy"])
+    nil, nil_ci = mean_ci95(frame["nil_accuracy"])
+    return {"experiment": exp, "dataset": dataset, "split": split, "method": meth,
+            "algorithm": learner.algorithm, "ways": cfg["ways"], "shots": cfg["shots"],
+            "queries": cfg["queries"], "episodes": len(frame),
+            "accuracy": round(acc, 4), "ci95": round(ci, 4),
+            "nil_accuracy": round(nil, 4), "nil_ci95": round(nil_ci, 4)}
 
 
 def evaluate(params: dict, exp: str, meth: str, model_path: Path, processed_root: Path,
@@ -62,14 +83,7 @@ def evaluate(params: dict, exp: str, meth: str, model_path: Path, processed_root
         frame.insert(0, "split", split)
         frame.insert(1, "dataset", dataset)
         per_episode.append(frame)
-        acc, ci = mean_ci95(frame["accuracy"])
-        nil, nil_ci = mean_ci95(frame["nil_accuracy"])
-        summary.append({
-            "experiment": exp, "dataset": dataset, "split": split, "method": meth,
-            "algorithm": learner.algorithm, "ways": cfg["ways"], "shots": cfg["shots"],
-            "queries": cfg["queries"], "episodes": len(frame),
-            "accuracy": round(acc, 4), "ci95": round(ci, 4),
-            "nil_accuracy": round(nil, 4), "nil_ci95": round(nil_ci, 4)})
+        summary.append(summary_row(exp, cfg, meth, learner, split, dataset, frame))
     eval_seconds = time.perf_counter() - t0
     with atomic_path(Path(metrics_dir) / "episodes.csv") as tmp:
         pd.concat(per_episode).to_csv(tmp, index=False, float_format="%.4f")

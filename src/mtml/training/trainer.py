@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,21 @@ def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root
     # The training stream is shared by methods of an experiment: they see the same tasks.
     stream = EpisodeStream(bank, "train", cfg["ways"], cfg["shots"], cfg["queries"],
                            derive_seed(params["seed"], exp, "train-episodes"))
+    info = {"method": meth, "experiment": exp, "image_shape": list(bank.image_shape), "ways": cfg["ways"]}
+    return fit(learner, stream, lambda model: episodes_accuracy(model, bank, val), tcfg,
+               run_fingerprint(params, exp, meth), model_dir, metrics_dir, device, f"{exp}/{meth}", info)
+
+
+def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], tcfg: dict,
+        fingerprint: str, model_dir: Path, metrics_dir: Path, device: torch.device, label: str,
+        model_info: dict) -> dict:
+    """The meta-training loop every experiment kind shares.
+
+    `stream` draws meta-batches (`batch(n)`, checkpointable `state()`/`set_state()`),
+    `validate(learner)` is the validation accuracy in %, `model_info` is stored in model.pt
+    beside the best weights. Writes model.pt, checkpoint.pt and the run's metrics files.
+    """
     iterations = tcfg["iterations"] if learner.trainable else 0
-    fingerprint = run_fingerprint(params, exp, meth)
     ckpt_path = Path(model_dir) / "checkpoint.pt"
 
     optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
@@ -85,9 +99,9 @@ def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root
             traces = ckpt.get("traces", [])
 
     t0 = time.perf_counter() - elapsed
-    bar, _ = progress(f"train {exp}/{meth}", iterations, loss="-", val="-")
+    bar, _ = progress(f"train {label}", iterations, loss="-", val="-")
     with bar:
-        task = bar.add_task(f"train {exp}/{meth}", total=iterations, completed=start, loss="-", val="-")
+        task = bar.add_task(f"train {label}", total=iterations, completed=start, loss="-", val="-")
         for it in range(start, iterations):
             stats = learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
                                        lambda: stream.batch(tcfg["meta_batch"]))
@@ -97,7 +111,7 @@ def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root
                    "val_accuracy": np.nan}
             last = it + 1 == iterations
             if (it + 1) % tcfg["val_interval"] == 0 or last:
-                row["val_accuracy"] = episodes_accuracy(learner, bank, val)
+                row["val_accuracy"] = validate(learner)
                 if row["val_accuracy"] > best["accuracy"]:
                     best = {"accuracy": row["val_accuracy"], "iteration": it + 1,
                             "state": copy.deepcopy(learner.state_dict())}
@@ -118,10 +132,9 @@ def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root
                                      "torch_rng": torch.get_rng_state(), "log": log, "best": best, "elapsed": 0.0})
 
     if best["accuracy"] < 0:  # nothing trained (e.g. pixel-nn): keep the initial weights
-        best["accuracy"] = episodes_accuracy(learner, bank, val)
+        best["accuracy"] = validate(learner)
     with atomic_path(Path(model_dir) / "model.pt") as tmp:
-        torch.save({"state": best["state"], "method": meth, "experiment": exp,
-                    "image_shape": list(bank.image_shape), "ways": cfg["ways"]}, tmp)
+        torch.save({"state": best["state"], **model_info}, tmp)
     frame = pd.DataFrame(log, columns=LOG_COLUMNS)
     with atomic_path(Path(metrics_dir) / "train_log.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")

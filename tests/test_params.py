@@ -1,0 +1,96 @@
+"""params.yaml validation: every mistake gives one message naming the key and the fix."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtml.errors import UserError
+from mtml.params import deep_merge, load, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _with(path, value):
+    p = copy.deepcopy(DEFAULT)
+    node = p
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return p
+
+
+def test_default_params_are_valid_and_defaults_filled():
+    p = validate(DEFAULT)
+    assert p["evaluation"]["episodes"] == 600
+    assert p["experiments"]["glyphs-5w1s"]["kind"] == "fewshot"
+
+
+@pytest.mark.parametrize("path,value,pattern", [
+    (["device"], "gpu", r"'device' is 'gpu'; allowed: auto, cpu, cuda"),
+    (["experiments", "glyphs-5w1s", "ways"], "five", r"experiments.glyphs-5w1s.ways.*integer"),
+    (["experiments", "glyphs-5w1s", "shots"], 0, r"experiments.glyphs-5w1s.shots"),
+    (["experiments", "glyphs-5w1s", "dataset"], "omniglott", r"names dataset 'omniglott'; defined datasets: glyphs"),
+    (["experiments", "glyphs-5w1s", "kind"], "fewshoot", r"kind' is 'fewshoot'; allowed: .*fewshot"),
+    (["training", "iteratons"], 5, r"'training.iteratons' is unknown; allowed: iterations"),
+    (["methods", "maml", "algorithm"], "mamll", r"methods.maml.algorithm' is 'mamll'; allowed: .*anil.*maml"),
+    (["methods", "maml", "inner_lrr"], 0.1, r"methods.maml.inner_lrr' is not a maml hyperparameter; allowed: .*inner_lr"),
+    (["methods", "new-method"], {}, r"methods.new-method.algorithm' is 'new-method'; allowed:"),
+    (["analyses"], ["nope"], r"analyses\[0\]' is 'nope'; allowed"),
+    (["seed"], -1, r"'seed'"),
+])
+def test_bad_params_name_the_key(path, value, pattern):
+    with pytest.raises(UserError, match=pattern):
+        validate(_with(path, value))
+
+
+def test_unknown_top_level_key():
+    p = copy.deepcopy(DEFAULT)
+    p["method"] = {}
+    with pytest.raises(UserError, match=r"params key 'method' is unknown; allowed: .*methods"):
+        validate(p)
+
+
+def test_load_merges_presets_like_snakemake(tmp_path):
+    over = tmp_path / "over.yaml"
+    over.write_text("training: {iterations: 7}\nmethods: {maml: {inner_lr: 0.1}}\n")
+    p = load([ROOT / "params.yaml", over])
+    assert p["training"]["iterations"] == 7
+    assert p["training"]["meta_batch"] == DEFAULT["training"]["meta_batch"]
+    assert p["methods"]["maml"]["inner_lr"] == 0.1 and "protonet" in p["methods"]
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load(bad)
+
+
+def test_cli_reports_one_line_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump(_with(["device"], "gpu")))
+    r = subprocess.run([sys.executable, "-m", "mtml", "validate", "--params", str(bad)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "'device' is 'gpu'" in r.stderr
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    from mtml.utils import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(UserError, match="no CUDA GPU.*device: auto"):
+        resolve_device("cuda")
