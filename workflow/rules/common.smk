@@ -44,11 +44,13 @@ def _uses_gpu():
 
 
 GPU = _uses_gpu()
-# Torch threads per job. With --cores above the machine's CPUs (e.g. --cores 8 on a 2-core
-# laptop) each job declares proportionally more threads, so Snakemake never starts more
-# concurrent work than there are CPUs.
-TORCH_THREADS = min(2, os.cpu_count() or 1)
-_cores = workflow.cores if isinstance(workflow.cores, int) else None
+# Torch threads per job come from params (`threads`), as for `dvc repro`: the thread count
+# changes float reduction order, and the same params must give the same numbers. With --cores
+# above the machine's CPUs (e.g. --cores 8 on a 2-core laptop) each job declares
+# proportionally more threads, so Snakemake never starts more concurrent work than there are CPUs.
+TORCH_THREADS = config["threads"]
+# (No --cores on a cluster run, where workflow.cores would raise.)
+_cores = workflow.resource_settings.cores
 _scale = max(1, (_cores or 0) // (os.cpu_count() or 1)) if _cores else 1
 JOB_THREADS = TORCH_THREADS * _scale
 
@@ -75,3 +77,39 @@ ALL_OUTPUTS = [f"metrics/analysis/{a}" for a in ANALYSES] + [
     "metrics/plots/accuracy.png",
     "metrics/plots/val_curves.png",
 ]
+
+
+# A SLURM run needs a partition and an account: workflow/profiles/slurm takes them from
+# $SBATCH_PARTITION / $SBATCH_ACCOUNT. Check what the cluster jobs resolved to once, before the
+# first submission, so a missing one is one clear error instead of a failed sbatch per job.
+SLURM_SETTINGS = {
+    "slurm_partition": ("partition", "SBATCH_PARTITION", "`sinfo -s` lists partitions"),
+    "slurm_account": ("account", "SBATCH_ACCOUNT", "`sacctmgr show assoc user=$USER` lists accounts"),
+}
+
+
+def check_slurm_resources():
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return
+    wanted = set(SLURM_SETTINGS)
+    if workflow.executor_settings.no_account:
+        wanted.remove("slurm_account")
+    missing = set()
+    for job in workflow.dag.needrun_jobs():
+        if not job.is_local:
+            # An unset variable stays "$NAME" after Snakemake's expansion.
+            missing |= {r for r in wanted if str(job.resources.get(r) or "$").startswith("$")}
+    if missing:
+        what = [SLURM_SETTINGS[r] for r in SLURM_SETTINGS if r in missing]
+        raise WorkflowError(
+            f"SLURM: no {' and no '.join(w[0] for w in what)} for the cluster jobs, nothing was"
+            f" submitted. Set {' '.join(f'{w[1]}=<{w[0]}>' for w in what)} in the environment"
+            f" ({', '.join(w[2] for w in what)})"
+            + ("; on a cluster without accounts add --slurm-no-account" if "slurm_account" in missing else "")
+            + "."
+        )
+
+
+onstart:
+    check_slurm_resources()
