@@ -12,7 +12,6 @@ from mtml.methods.inner_loop import adapt, named_params, sgd_update
 from mtml.methods.metric import prototypes, squared_euclidean_logits
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     # Finite differences need double precision; restore the default for other test modules.

@@ -40,6 +40,29 @@ def _rate(fn, n, device, warmup=2) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def time_method(learner, setting, shape, batch_size, device, iterations, episodes) -> dict:
+    """Parameter counts, meta-training iterations/s and evaluation episodes/s of one learner."""
+    ways, shots, queries = setting
+
+    def batch():
+        return [random_episode(ways, shots, queries, shape, device) for _ in range(batch_size)]
+
+    row = {"algorithm": learner.algorithm, "parameters": sum(p.numel() for p in learner.parameters())}
+    if hasattr(learner, "generator_parameters"):
+        row["generator_parameters"] = int(learner.generator_parameters())
+    if learner.trainable:
+        opt = learner.make_optimizer(1e-3)
+        row["train_iter_per_s"] = round(_rate(lambda: learner.train_step(batch(), opt, batch), iterations, device), 3)
+    ep = random_episode(ways, shots, queries, shape, device)
+
+    def evaluate_one():
+        with torch.no_grad():
+            learner.predict(ep)
+
+    row["eval_episodes_per_s"] = round(_rate(evaluate_one, episodes, device), 3)
+    return row
+
+
 def benchmark(params: dict, experiment: str, iterations: int = 10, episodes: int = 20) -> dict:
     device = resolve_device(params["device"])
     exp = params["experiments"][experiment]
@@ -50,22 +73,8 @@ def benchmark(params: dict, experiment: str, iterations: int = 10, episodes: int
     for name, hp in params["methods"].items():
         torch.manual_seed(0)
         learner = build(name, hp or {}, shape, ways).to(device)
-        batch = lambda: [random_episode(ways, shots, queries, shape, device) for _ in range(batch_size)]  # noqa: E731
-        row = {"method": name, "algorithm": learner.algorithm,
-               "parameters": sum(p.numel() for p in learner.parameters())}
-        if hasattr(learner, "generator_parameters"):
-            row["generator_parameters"] = int(learner.generator_parameters())
-        if learner.trainable:
-            opt = learner.make_optimizer(1e-3)
-            row["train_iter_per_s"] = round(_rate(lambda: learner.train_step(batch(), opt, batch), iterations, device), 3)
-        ep = random_episode(ways, shots, queries, shape, device)
-
-        def evaluate_one():
-            with torch.no_grad():
-                learner.predict(ep)
-
-        row["eval_episodes_per_s"] = round(_rate(evaluate_one, episodes, device), 3)
-        rows.append(row)
+        rows.append({"method": name, **time_method(learner, (ways, shots, queries), shape, batch_size,
+                                                   device, iterations, episodes)})
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -84,11 +93,14 @@ def print_benchmark(result: dict) -> None:
     table = Table(title=f"mtml benchmark on {result['device']} ({result['device_name']}, "
                         f"{result['torch_threads']} threads): {s['ways']}-way {s['shots']}-shot, "
                         f"meta-batch {s['meta_batch']}, images {s['image_shape']}")
-    for col in ("method", "parameters", "train it/s", "eval episodes/s"):
+    generators = any("generator_parameters" in r for r in result["rows"])
+    cols = ["method", "parameters"] + (["generator params"] if generators else []) + ["train it/s", "eval episodes/s"]
+    for col in cols:
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in result["rows"]:
-        table.add_row(r["method"], f"{r['parameters']:,}", f"{r.get('train_iter_per_s', float('nan')):.2f}",
-                      f"{r['eval_episodes_per_s']:.1f}")
+        gen = [f"{r['generator_parameters']:,}" if "generator_parameters" in r else "-"] if generators else []
+        table.add_row(r["method"], f"{r['parameters']:,}", *gen,
+                      f"{r.get('train_iter_per_s', float('nan')):.2f}", f"{r['eval_episodes_per_s']:.1f}")
     Console(width=120).print(table)
 
 

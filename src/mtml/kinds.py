@@ -8,8 +8,8 @@ functions, so the CLI, Snakemake and DVC stay one stage graph for all of them.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 
 # Modules that register kinds on import (besides fewshot, registered below).
-KIND_MODULES: list[str] = []
+KIND_MODULES: list[str] = ["mtml.multimodal.kind", "mtml.multitask.kind"]
 
 
 def register_kind(name: str, kind: Kind) -> None:

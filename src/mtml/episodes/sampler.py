@@ -24,7 +24,7 @@ class ImageBank:
         self.pools = items_by_class(data.labels, len(data.classes))
 
     def gather(self, items: np.ndarray) -> torch.Tensor:
-        idx = torch.as_tensor(np.asarray(items).reshape(-1), device=self.device)
+        idx = torch.as_tensor(np.array(items, dtype=np.int64).reshape(-1), device=self.device)
         return self.images.index_select(0, idx).float().div_(255.0)
 
     def episode(self, support: np.ndarray, query: np.ndarray, mode: int = 0) -> Episode:

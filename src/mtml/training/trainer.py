@@ -25,7 +25,7 @@ from mtml.episodes.sampler import EpisodeStream, ImageBank, manifest_episodes
 from mtml.methods import build
 from mtml.methods.base import MetaLearner
 from mtml.params import experiment, method, training_config
-from mtml.utils import atomic_path, derive_seed, progress, write_json
+from mtml.utils import atomic_path, derive_seed, interactive, progress, write_json
 
 LOG_COLUMNS = ["iteration", "loss", "train_accuracy", "val_accuracy"]
 
@@ -121,6 +121,10 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                     "optimizer": optimizer.state_dict(), "stream": stream.state(),
                     "torch_rng": torch.get_rng_state(), "log": log, "best": best, "traces": traces,
                     "elapsed": time.perf_counter() - t0})
+                if not interactive():  # logs (Snakemake, SLURM) get a plain line per validation
+                    print(f"train {label}: iteration {it + 1}/{iterations} loss {stats['loss']:.4f} "
+                          f"val {row['val_accuracy']:.2f}% best {best['accuracy']:.2f}% "
+                          f"({time.perf_counter() - t0:.0f}s)", flush=True)
             else:
                 log.append(row)
             bar.update(task, advance=1, loss=f"{stats['loss']:.3f}",
