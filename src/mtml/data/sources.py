@@ -21,6 +21,10 @@ SOURCES: dict[str, PrepareFn] = {}
 SOURCE_MODULES = [
     "mtml.data.glyphs",
     "mtml.data.omniglot",
+    "mtml.data.cifar",
+    "mtml.data.imagenet",
+    "mtml.data.cub",
+    "mtml.data.aircraft",
 ]
 
 
