@@ -3,6 +3,7 @@
 import json
 
 from mtml.benchmark import benchmark, write_benchmark
+
 from pipeline_helpers import tiny_params
 
 

@@ -10,11 +10,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from http_fixture import serve
 
 from mtml.data import download
 from mtml.data.download import extract, fetch, part_path
 from mtml.errors import UserError
+
+from http_fixture import serve
 
 SMALL1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot" / "images_background_small1.zip"
 SMALL1_MD5 = "e704a628b5459e08445c13499850abc4"

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from http_fixture import serve
 from PIL import Image, ImageDraw
 
 from mtml.data import download, omniglot
 from mtml.data.sources import load_sources
 from mtml.data.storage import SPLITS, load_prepared
 from mtml.errors import UserError
+
+from http_fixture import serve
 
 SMALL1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot" / "images_background_small1.zip"
 SMALL1_NAME = "images_background_small1.zip"

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from http_fixture import serve
 from PIL import Image
 
 from mtml.data import cifar, cub, download, imagenet
@@ -28,6 +27,8 @@ from mtml.data.storage import SPLITS, load_prepared
 from mtml.episodes.build import build_experiment_episodes
 from mtml.errors import UserError
 from mtml.params import validate
+
+from http_fixture import serve
 
 
 def _md5(data: bytes) -> str:
