@@ -14,7 +14,9 @@ AnalysisFn = Callable[[dict, Path, Path], None]
 ANALYSES: dict[str, AnalysisFn] = {}
 
 # Modules that register analyses on import.
-ANALYSIS_MODULES: list[str] = []
+ANALYSIS_MODULES: list[str] = [
+    "mtml.analysis.task_attention",
+]
 
 
 def register_analysis(name: str) -> Callable[[AnalysisFn], AnalysisFn]:

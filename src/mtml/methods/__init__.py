@@ -8,6 +8,8 @@ from mtml.methods.base import REGISTRY, Episode, MetaLearner, build, resolve_hpa
 FAMILY_MODULES = [
     "mtml.methods.gradient",
     "mtml.methods.metric",
+    "mtml.methods.learned_optimizer",
+    "mtml.methods.task_weighting",
 ]
 
 for _mod in FAMILY_MODULES:

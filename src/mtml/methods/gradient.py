@@ -1,19 +1,41 @@
-"""Optimisation-based meta-learning: MAML (Finn et al. 2017) and ANIL (Raghu et al. 2020).
+"""Optimisation-based meta-learning: MAML (Finn et al. 2017), ANIL (Raghu et al. 2020) and
+Meta-SGD (Li et al. 2017).
 
 MAML adapts every parameter in the inner loop; ANIL adapts only the head on features of the
-fixed backbone (Raghu et al., eq. 2), so the backbone is run once per episode. Both share the
-functional loop in `inner_loop.adapt`; second order by default, `first_order: true` drops the
-second derivatives.
+fixed backbone (Raghu et al., eq. 2), so the backbone is run once per episode. Meta-SGD is MAML
+with a learned learning rate per parameter coordinate. All share the functional loop in
+`inner_loop.adapt`; second order by default, `first_order: true` drops the second derivatives.
+
+`adapt_task` returns a `TaskOutcome` (adapted weights, query loss and accuracy, ...): subclasses
+that change only the inner update (Meta-SGD, the MetaLSTM family) override `inner_update`, and
+task-level methods (TAML, task attention) read the per-task outcomes instead of a batch mean.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtml.methods.base import Episode, MetaLearner, accuracy, register
-from mtml.methods.inner_loop import adapt, named_params, sgd_update
+from mtml.methods.inner_loop import Params, UpdateRule, adapt, named_params, sgd_update
 from mtml.models.conv4 import Classifier
+
+
+@dataclass
+class TaskOutcome:
+    """One task adapted: what the meta-objective and the task-level analyses need."""
+
+    episode: Episode
+    module: nn.Module  # the adapted module (the whole net, or the head for ANIL)
+    init: Params  # the meta-parameters adaptation started from
+    adapted: Params  # the task-specific parameters after the inner loop
+    support_in: Tensor  # inputs of `module` (images, or backbone features for ANIL)
+    query_in: Tensor
+    logits: Tensor  # query logits under `adapted` (with graph to the meta-parameters)
+    loss: Tensor  # query cross-entropy under `adapted`
+    acc: Tensor
 
 
 @register("maml")
@@ -31,29 +53,47 @@ class MAML(MetaLearner):
         super().__init__(hp, image_shape, ways)
         self.net = Classifier(self.image_shape, ways, hp["filters"])
 
-    def query_logits(self, episode: Episode, steps: int, first_order: bool) -> Tensor:
+    def adapted_module(self) -> nn.Module:
+        return self.net.head if self.head_only else self.net
+
+    def inner_update(self) -> UpdateRule:
+        """A fresh update rule for one adaptation (stateful rules keep state per task)."""
+        return sgd_update(self.hp["inner_lr"])
+
+    def adapt_task(self, episode: Episode, steps: int, first_order: bool) -> TaskOutcome:
         """Adapt on the support set, then classify the query set with the adapted weights.
 
         Support and query pass through BatchNorm separately (batch statistics of each set),
         as in MAML's reference implementation.
         """
+        module = self.adapted_module()
         if self.head_only:
-            module, params = self.net.head, named_params(self.net.head)
             s_in, q_in = self.net.backbone(episode.support_x), self.net.backbone(episode.query_x)
         else:
-            module, params = self.net, named_params(self.net)
             s_in, q_in = episode.support_x, episode.query_x
-        new = adapt(module, params, s_in, episode.support_y, steps,
-                    sgd_update(self.hp["inner_lr"]), first_order=first_order)
-        return torch.func.functional_call(module, new, (q_in,))
+        init = named_params(module)
+        new = adapt(module, init, s_in, episode.support_y, steps, self.inner_update(),
+                    first_order=first_order)
+        logits = torch.func.functional_call(module, new, (q_in,))
+        return TaskOutcome(episode, module, init, new, s_in, q_in, logits,
+                           nn.functional.cross_entropy(logits, episode.query_y),
+                           accuracy(logits, episode.query_y))
+
+    def clip_gradients(self) -> None:
+        """Hook between backward and the meta-optimiser's step (the MetaLSTM family clips)."""
+
+    def forward(self, episode: Episode) -> TaskOutcome:
+        """The training-time adaptation; `functional_call(learner, meta_params, (episode,))`
+        runs it from other meta-parameters (the task-attention look-ahead does)."""
+        return self.adapt_task(episode, self.hp["inner_steps"], self.hp["first_order"])
+
+    def query_logits(self, episode: Episode, steps: int, first_order: bool) -> Tensor:
+        return self.adapt_task(episode, steps, first_order).logits
 
     def meta_loss(self, batch):
-        losses, accs = [], []
-        for ep in batch:
-            logits = self.query_logits(ep, self.hp["inner_steps"], self.hp["first_order"])
-            losses.append(torch.nn.functional.cross_entropy(logits, ep.query_y))
-            accs.append(accuracy(logits, ep.query_y))
-        return torch.stack(losses).mean(), {"acc": float(torch.stack(accs).mean())}
+        outcomes = [self(ep) for ep in batch]
+        return (torch.stack([o.loss for o in outcomes]).mean(),
+                {"acc": float(torch.stack([o.acc for o in outcomes]).mean())})
 
     def predict(self, episode):
         return self.query_logits(episode, self.hp["eval_inner_steps"], first_order=True).detach()
@@ -65,3 +105,44 @@ class MAML(MetaLearner):
 @register("anil")
 class ANIL(MAML):
     head_only = True
+
+
+class LearningRates(nn.Module):
+    """One learning-rate tensor per adapted parameter, same shape, filled with `init`.
+
+    Module attribute names cannot contain '.', so `backbone.blocks.0.conv.weight` is stored
+    as `backbone-blocks-0-conv-weight`. With `learnable=False` they are buffers: saved with
+    the model, never touched by the meta-optimiser.
+    """
+
+    def __init__(self, params: Params, init: float, learnable: bool):
+        super().__init__()
+        self.names = list(params)
+        for name, p in params.items():
+            value = torch.full_like(p.detach(), float(init))
+            if learnable:
+                self.register_parameter(name.replace(".", "-"), nn.Parameter(value))
+            else:
+                self.register_buffer(name.replace(".", "-"), value)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        # getattr (not a cached dict) so that functional_call's substituted tensors are used
+        return {name: getattr(self, name.replace(".", "-")) for name in self.names}
+
+
+@register("metasgd")
+class MetaSGD(MAML):
+    """Meta-SGD (Li et al. 2017): theta_i = theta - alpha * grad, with alpha a learned tensor
+    of the same shape as theta (initialised to `inner_lr`), meta-learned with theta. One
+    inner step by default, as in the paper. `learn_lr: false` freezes alpha (then it is MAML
+    with a constant learning rate)."""
+
+    defaults = {**MAML.defaults, "inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1,
+                "learn_lr": True}
+
+    def __init__(self, hp, image_shape, ways):
+        super().__init__(hp, image_shape, ways)
+        self.lrs = LearningRates(named_params(self.adapted_module()), hp["inner_lr"], bool(hp["learn_lr"]))
+
+    def inner_update(self) -> UpdateRule:
+        return sgd_update(self.lrs.as_dict())

@@ -1,0 +1,337 @@
+"""Analyses of task-attended meta-training (Aimen, Sidheekh & Krishnan 2021).
+
+- attention-trend: the largest and smallest attention weight of each meta-batch across
+  iterations (the paper's Fig. 4): does attention move away from uniform (1/N)?
+- attention-correlation: the mean Pearson correlation, across training, between each
+  meta-information component and the weights of a batch (Fig. 5a), and the rank of the
+  batch's highest-loss task under the weights (Fig. 5b; rank 1 = the largest weight).
+- ta-curves: validation accuracy of each method with and without task attention (Fig. 3).
+- paper-table: test accuracy of every method for {5,10}-way {1,5}-shot per dataset, shaped
+  like the paper's Tables 1-2, from metrics/summary.json; settings not run stay "not run".
+
+Attention analyses read metrics/runs/<experiment>/<method>/trace.jsonl, written by the
+`ta-*` methods (one record per meta-iteration: weights and meta-information per task).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mtml.analysis.registry import register_analysis
+from mtml.errors import UserError
+from mtml.utils import atomic_path
+
+META_INFORMATION = ("grad_norm", "query_loss", "query_acc", "loss_ratio")
+PAPER_SETTINGS = [(5, 1), (5, 5), (10, 1), (10, 5)]
+
+
+def _algorithm(params: dict, meth: str) -> str:
+    from mtml.methods import resolve_hparams
+
+    return resolve_hparams(meth, params["methods"][meth] or {})[0].algorithm
+
+
+def attention_methods(params: dict) -> list[str]:
+    """Methods of params trained with task attention (their algorithm wraps a base)."""
+    from mtml.methods import REGISTRY
+    from mtml.methods.task_weighting import TaskAttention
+
+    return [m for m in params["methods"] if issubclass(REGISTRY[_algorithm(params, m)], TaskAttention)]
+
+
+def _require_attention(params: dict, name: str) -> list[str]:
+    methods = attention_methods(params)
+    if not methods:
+        raise UserError(f"analysis {name!r} needs a task-attention method (algorithm ta-maml, ta-metasgd "
+                        f"or ta-metalstm++) in params 'methods'; there is none")
+    return methods
+
+
+def read_trace(metrics_root: Path, exp: str, meth: str) -> list[dict]:
+    path = Path(metrics_root) / "runs" / exp / meth / "trace.jsonl"
+    if not path.exists():
+        raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        raise UserError(f"{path} is empty: {exp}/{meth} trained no iterations")
+    return records
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    _pyplot().close(fig)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _write_text(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _grid(plt, n: int, width: float = 5.0, height: float = 3.6):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, axes[0]
+
+
+# ------------------------------------------------------------------------- attention-trend
+
+
+def attention_extremes(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"iteration": r["iteration"], "max_weight": max(r["weights"]),
+                          "min_weight": min(r["weights"]), "tasks": len(r["weights"])} for r in records])
+
+
+@register_analysis("attention-trend")
+def attention_trend(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    methods = _require_attention(params, "attention-trend")
+    plt = _pyplot()
+    exps = list(params["experiments"])
+    fig, axes = _grid(plt, len(exps))
+    frames, lines = [], ["# Attention weights: largest and smallest per meta-batch", "",
+                         "| experiment | method | tasks | max (first 10%) | max (last 10%) | min (first 10%) | min (last 10%) |",
+                         "|---|---|---|---|---|---|---|"]
+    for ax, exp in zip(axes, exps):
+        for k, meth in enumerate(methods):
+            ext = attention_extremes(read_trace(metrics_root, exp, meth))
+            frames.append(ext.assign(experiment=exp, method=meth))
+            colour = f"C{k}"
+            ax.plot(ext["iteration"], ext["max_weight"], c=colour, lw=1, label=f"{meth} max")
+            ax.plot(ext["iteration"], ext["min_weight"], c=colour, lw=1, ls="--", label=f"{meth} min")
+            tenth = max(1, len(ext) // 10)
+            head, tail = ext.iloc[:tenth], ext.iloc[-tenth:]
+            lines.append(f"| {exp} | {meth} | {int(ext['tasks'].iloc[0])} | {head['max_weight'].mean():.3f} | "
+                         f"{tail['max_weight'].mean():.3f} | {head['min_weight'].mean():.3f} | "
+                         f"{tail['min_weight'].mean():.3f} |")
+        n = frames[-1]["tasks"].iloc[0]
+        ax.axhline(1 / n, c="gray", lw=1, ls=":", label=f"uniform 1/{n}")
+        ax.set_title(f"{exp}: attention weight extremes per batch", fontsize=9)
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylabel("attention weight")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, Path(out_dir) / "attention_trend.png")
+    cols = ["experiment", "method", "iteration", "tasks", "max_weight", "min_weight"]
+    _write(pd.concat(frames)[cols], Path(out_dir) / "attention_trend.csv")
+    _write_text("\n".join(lines) + "\n", Path(out_dir) / "attention_trend.md")
+
+
+# ------------------------------------------------------------------- attention-correlation
+
+
+def component_correlations(records: list[dict]) -> pd.DataFrame:
+    """Per iteration, Pearson r between each meta-information component and the weights
+    (across the batch's tasks); NaN where either is constant within the batch."""
+    rows = []
+    for r in records:
+        w = np.asarray(r["weights"], dtype=float)
+        row = {"iteration": r["iteration"]}
+        for comp in META_INFORMATION:
+            x = np.asarray(r[comp], dtype=float)
+            ok = len(w) > 1 and x.std() > 0 and w.std() > 0
+            row[comp] = float(np.corrcoef(x, w)[0, 1]) if ok else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def max_loss_rank(records: list[dict]) -> pd.DataFrame:
+    """Rank (1 = largest weight) of the highest-query-loss task of each batch."""
+    rows = []
+    for r in records:
+        w, loss = np.asarray(r["weights"]), np.asarray(r["query_loss"])
+        order = np.argsort(-w, kind="stable")
+        rank = int(np.nonzero(order == int(np.argmax(loss)))[0][0]) + 1
+        rows.append({"iteration": r["iteration"], "rank": rank, "tasks": len(w)})
+    return pd.DataFrame(rows)
+
+
+@register_analysis("attention-correlation")
+def attention_correlation(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    methods = _require_attention(params, "attention-correlation")
+    plt = _pyplot()
+    exps = list(params["experiments"])
+    corr_rows, rank_frames = [], []
+    fig_a, axes_a = _grid(plt, len(exps))
+    fig_b, axes_b = _grid(plt, len(exps))
+    width = 0.8 / len(methods)
+    for ax_a, ax_b, exp in zip(axes_a, axes_b, exps):
+        for k, meth in enumerate(methods):
+            records = read_trace(metrics_root, exp, meth)
+            corr = component_correlations(records)
+            means = [float(corr[c].mean()) for c in META_INFORMATION]  # NaN-skipping mean
+            for comp, m in zip(META_INFORMATION, means):
+                corr_rows.append({"experiment": exp, "method": meth, "component": comp, "mean_pearson": m,
+                                  "iterations": int(corr[comp].notna().sum())})
+            ax_a.bar(np.arange(len(META_INFORMATION)) + k * width, np.nan_to_num(means), width, label=meth)
+            ranks = max_loss_rank(records)
+            rank_frames.append(ranks.assign(experiment=exp, method=meth))
+            window = max(1, len(ranks) // 20)
+            ax_b.scatter(ranks["iteration"], ranks["rank"], s=4, c=f"C{k}", alpha=0.25)
+            ax_b.plot(ranks["iteration"], ranks["rank"].rolling(window, min_periods=1).mean(), c=f"C{k}",
+                      label=f"{meth} (mean of {window})")
+        ax_a.set_xticks(np.arange(len(META_INFORMATION)) + width * (len(methods) - 1) / 2)
+        ax_a.set_xticklabels(META_INFORMATION, fontsize=8)
+        ax_a.axhline(0, c="gray", lw=0.8)
+        ax_a.set_ylim(-1, 1)
+        ax_a.set_ylabel("mean Pearson r with attention weight")
+        ax_a.set_title(f"{exp}: meta-information vs attention (Fig. 5a)", fontsize=9)
+        ax_a.legend(fontsize=7)
+        n = int(rank_frames[-1]["tasks"].iloc[0])
+        ax_b.axhline((n + 1) / 2, c="gray", lw=1, ls=":", label="weights blind to loss")
+        ax_b.set_yticks(range(1, n + 1))
+        ax_b.invert_yaxis()
+        ax_b.set_xlabel("meta-iteration")
+        ax_b.set_ylabel("rank of the max-loss task (1 = top weight)")
+        ax_b.set_title(f"{exp}: where the hardest task ranks (Fig. 5b)", fontsize=9)
+        ax_b.legend(fontsize=7)
+    for fig in (fig_a, fig_b):
+        fig.tight_layout()
+    _save(fig_a, Path(out_dir) / "meta_information_correlation.png")
+    _save(fig_b, Path(out_dir) / "max_loss_task_rank.png")
+    corr = pd.DataFrame(corr_rows)
+    ranks = pd.concat(rank_frames)
+    _write(corr, Path(out_dir) / "meta_information_correlation.csv")
+    _write(ranks[["experiment", "method", "iteration", "tasks", "rank"]], Path(out_dir) / "max_loss_task_rank.csv")
+    lines = ["# Meta-information and attention", "",
+             "Mean Pearson correlation with the attention weights (over iterations):", "",
+             "| experiment | method | " + " | ".join(META_INFORMATION) + " |",
+             "|---|---|" + "---|" * len(META_INFORMATION)]
+    for (exp, meth), g in corr.groupby(["experiment", "method"], sort=False):
+        vals = dict(zip(g["component"], g["mean_pearson"]))
+        lines.append(f"| {exp} | {meth} | " + " | ".join(f"{vals[c]:+.3f}" for c in META_INFORMATION) + " |")
+    lines += ["", "Rank of the highest-loss task under the weights (1 = largest weight):", "",
+              "| experiment | method | mean rank | share ranked first |", "|---|---|---|---|"]
+    for (exp, meth), g in ranks.groupby(["experiment", "method"], sort=False):
+        lines.append(f"| {exp} | {meth} | {g['rank'].mean():.2f} of {int(g['tasks'].iloc[0])} | "
+                     f"{(g['rank'] == 1).mean():.2f} |")
+    _write_text("\n".join(lines) + "\n", Path(out_dir) / "attention_correlation.md")
+
+
+# ------------------------------------------------------------------------------- ta-curves
+
+
+def attention_pairs(params: dict) -> list[tuple[str, list[str]]]:
+    """(task-attended method, the methods of params running its base algorithm)."""
+    from mtml.methods import REGISTRY
+
+    pairs = []
+    for meth in _require_attention(params, "ta-curves"):
+        base = REGISTRY[_algorithm(params, meth)].base_class.algorithm
+        pairs.append((meth, [m for m in params["methods"] if _algorithm(params, m) == base]))
+    return pairs
+
+
+def _val_log(metrics_root: Path, exp: str, meth: str) -> pd.DataFrame:
+    path = Path(metrics_root) / "runs" / exp / meth / "train_log.csv"
+    if not path.exists():
+        raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
+    return pd.read_csv(path).dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]]
+
+
+@register_analysis("ta-curves")
+def ta_curves(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    pairs = attention_pairs(params)
+    plt = _pyplot()
+    exps = list(params["experiments"])
+    fig, axes = plt.subplots(len(exps), len(pairs), figsize=(4.6 * len(pairs), 3.4 * len(exps)), squeeze=False)
+    frames, lines = [], ["# Validation accuracy with and without task attention", "",
+                         "| experiment | method | with attention | best val accuracy (%) | at iteration |",
+                         "|---|---|---|---|---|"]
+    for row, exp in enumerate(exps):
+        for col, (ta, bases) in enumerate(pairs):
+            ax = axes[row][col]
+            for k, meth in enumerate([ta, *bases]):
+                log = _val_log(metrics_root, exp, meth)
+                frames.append(log.assign(experiment=exp, method=meth))
+                ax.plot(log["iteration"], log["val_accuracy"], marker="o", ms=3, c=f"C{k}",
+                        ls="-" if meth == ta else "--", label=meth)
+                if len(log) and not any(f"| {exp} | {meth} |" in line for line in lines):
+                    best = log.loc[log["val_accuracy"].idxmax()]
+                    lines.append(f"| {exp} | {meth} | {'yes' if meth == ta else 'no'} | "
+                                 f"{best['val_accuracy']:.2f} | {int(best['iteration'])} |")
+            ax.set_title(f"{exp}: {ta} vs {', '.join(bases) or '(no base method in params)'}", fontsize=9)
+            ax.set_xlabel("meta-iteration")
+            ax.set_ylabel("val accuracy (%)")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, Path(out_dir) / "ta_curves.png")
+    _write(pd.concat(frames)[["experiment", "method", "iteration", "val_accuracy"]].drop_duplicates(),
+           Path(out_dir) / "ta_curves.csv")
+    _write_text("\n".join(lines) + "\n", Path(out_dir) / "ta_curves.md")
+
+
+# ----------------------------------------------------------------------------- paper-table
+
+
+def paper_table(params: dict, summary: dict) -> pd.DataFrame:
+    """One row per (dataset, method, setting) of the paper's grid; status 'not run' where
+    no experiment of params covers it. Test split only."""
+    tests = [r for r in summary.values() if r["split"] == "test"]
+    datasets = list(dict.fromkeys(e["dataset"] for e in params["experiments"].values()))
+    rows = []
+    for ds in datasets:
+        for meth in params["methods"]:
+            for ways, shots in PAPER_SETTINGS:
+                hits = [r for r in tests if r["dataset"] == ds and r["method"] == meth
+                        and r["ways"] == ways and r["shots"] == shots]
+                r = hits[0] if hits else None
+                rows.append({"dataset": ds, "method": meth, "ways": ways, "shots": shots,
+                             "experiment": r["experiment"] if r else "", "accuracy": r["accuracy"] if r else np.nan,
+                             "ci95": r["ci95"] if r else np.nan, "status": "run" if r else "not run"})
+    return pd.DataFrame(rows)
+
+
+def _cell(r) -> str:
+    return "not run" if r["status"] != "run" else f"{r['accuracy']:.2f} ± {r['ci95']:.2f}"
+
+
+@register_analysis("paper-table")
+def paper_table_analysis(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    path = Path(metrics_root) / "summary.json"
+    if not path.exists():
+        raise UserError(f"{path} is missing; run the aggregate stage first")
+    table = paper_table(params, json.loads(path.read_text()))
+    _write(table, Path(out_dir) / "paper_table.csv")
+    header = " | ".join(f"{w}-way {s}-shot" for w, s in PAPER_SETTINGS)
+    lines = ["# Test accuracy (%) ± 95% CI, shaped like Tables 1-2 of Aimen et al.", ""]
+    plt = _pyplot()
+    groups = list(table.groupby("dataset", sort=False))
+    fig, axes = _grid(plt, len(groups), width=6.0)
+    for ax, (ds, g) in zip(axes, groups):
+        lines += [f"## {ds}", "", f"| method | {header} |", "|---|" + "---|" * len(PAPER_SETTINGS)]
+        methods = list(dict.fromkeys(g["method"]))
+        width = 0.8 / len(methods)
+        for k, meth in enumerate(methods):
+            cells = g[g["method"] == meth]
+            lines.append(f"| {meth} | " + " | ".join(_cell(r) for _, r in cells.iterrows()) + " |")
+            ran = (cells["status"] == "run").to_numpy()
+            ax.bar((np.arange(len(PAPER_SETTINGS)) + k * width)[ran], cells["accuracy"][ran], width,
+                   yerr=cells["ci95"][ran], capsize=2, label=meth, color=f"C{k % 10}")
+        lines.append("")
+        ax.set_xticks(np.arange(len(PAPER_SETTINGS)) + width * (len(methods) - 1) / 2)
+        ax.set_xticklabels([f"{w}w{s}s" + ("" if (g[(g.ways == w) & (g.shots == s)].status == "run").any()
+                                           else "\n(not run)") for w, s in PAPER_SETTINGS], fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("test accuracy (%) ± 95% CI")
+        ax.set_title(f"{ds}", fontsize=9)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    _save(fig, Path(out_dir) / "paper_table.png")
+    _write_text("\n".join(lines), Path(out_dir) / "paper_table.md")
