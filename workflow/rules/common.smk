@@ -21,6 +21,14 @@ except UserError as err:
 # (Use --configfile for overrides; --config key=value would not reach the stages.)
 PARAMS = " ".join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
 
+# PARAMS and TORCH_THREADS are constants of a run, written into the shell commands when the
+# workflow is read (f-strings), not `params:`: those would rerun every job when merely the list
+# of --configfile paths changed (dvc.yaml tracks the same settings, not the file names).
+
+# The software of every stage (relative to workflow/rules/): used with `--sdm conda`;
+# otherwise jobs run the `python` on PATH (the activated .venv).
+CONDA_ENV = "../envs/mtml.yaml"
+
 DATASETS = list(config["datasets"])
 EXPERIMENTS = list(config["experiments"])
 METHODS = list(config["methods"])
@@ -60,7 +68,20 @@ def run_dir(root, w):
 
 
 def experiment_datasets(w):
-    return [f"data/processed/{d}" for d in mtml_experiment_datasets(config, w.experiment)]
+    return [
+        f"data/processed/{d}" for d in mtml_experiment_datasets(config, w.experiment)
+    ]
+
+
+# What train/evaluate read: their `params:` (workflow/rules/meta.smk).
+def run_settings(w):
+    return {
+        "method": config["methods"][w.method],
+        "experiment": config["experiments"][w.experiment],
+        "training": config["training"],
+        "seed": config["seed"],
+        "device": config["device"],
+    }
 
 
 def run_outputs(exp, meth):
@@ -84,7 +105,11 @@ ALL_OUTPUTS = [f"metrics/analysis/{a}" for a in ANALYSES] + [
 # first submission, so a missing one is one clear error instead of a failed sbatch per job.
 SLURM_SETTINGS = {
     "slurm_partition": ("partition", "SBATCH_PARTITION", "`sinfo -s` lists partitions"),
-    "slurm_account": ("account", "SBATCH_ACCOUNT", "`sacctmgr show assoc user=$USER` lists accounts"),
+    "slurm_account": (
+        "account",
+        "SBATCH_ACCOUNT",
+        "`sacctmgr show assoc user=$USER` lists accounts",
+    ),
 }
 
 
@@ -98,15 +123,21 @@ def check_slurm_resources():
     missing = set()
     for job in workflow.dag.needrun_jobs():
         if not job.is_local:
-            # An unset variable stays "$NAME" after Snakemake's expansion.
-            missing |= {r for r in wanted if str(job.resources.get(r) or "$").startswith("$")}
+            # Unset: empty (the slurm profile), or "$NAME" when written as $NAME.
+            missing |= {
+                r for r in wanted if str(job.resources.get(r) or "$").startswith("$")
+            }
     if missing:
         what = [SLURM_SETTINGS[r] for r in SLURM_SETTINGS if r in missing]
         raise WorkflowError(
             f"SLURM: no {' and no '.join(w[0] for w in what)} for the cluster jobs, nothing was"
             f" submitted. Set {' '.join(f'{w[1]}=<{w[0]}>' for w in what)} in the environment"
             f" ({', '.join(w[2] for w in what)})"
-            + ("; on a cluster without accounts add --slurm-no-account" if "slurm_account" in missing else "")
+            + (
+                "; on a cluster without accounts add --slurm-no-account"
+                if "slurm_account" in missing
+                else ""
+            )
             + "."
         )
 

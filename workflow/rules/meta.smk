@@ -2,16 +2,6 @@
 # the stage reads, so changing one method's hyperparameter reruns only that method.
 
 
-def run_settings(w):
-    return {
-        "method": config["methods"][w.method],
-        "experiment": config["experiments"][w.experiment],
-        "training": config["training"],
-        "seed": config["seed"],
-        "device": config["device"],
-    }
-
-
 rule train:
     input:
         "data/episodes/{experiment}",
@@ -21,16 +11,18 @@ rule train:
         summary="metrics/runs/{experiment}/{method}/train.json",
         timing="metrics/runs/{experiment}/{method}/timing_train.json",
         trace="metrics/runs/{experiment}/{method}/trace.jsonl",
-    params:
-        settings=run_settings,
+    log:
+        "logs/train/{experiment}/{method}.log",
+    conda:
+        CONDA_ENV
     threads: JOB_THREADS
     resources:
         gpu=GPU,
-    log:
-        "logs/train/{experiment}/{method}.log",
+    params:
+        settings=run_settings,
     shell:
-        "python -m mtml train --params {PARAMS} --experiment {wildcards.experiment}"
-        " --method {wildcards.method} --threads {TORCH_THREADS} > {log} 2>&1"
+        f"python -m mtml train --params {PARAMS} --experiment {{wildcards.experiment}}"
+        f" --method {{wildcards.method}} --threads {TORCH_THREADS} > {{log}} 2>&1"
 
 
 rule evaluate:
@@ -41,14 +33,16 @@ rule evaluate:
         summary="metrics/runs/{experiment}/{method}/eval.json",
         episodes="metrics/runs/{experiment}/{method}/episodes.csv",
         timing="metrics/runs/{experiment}/{method}/timing_eval.json",
-    params:
-        settings=run_settings,
-        evaluation=config["evaluation"],
+    log:
+        "logs/evaluate/{experiment}/{method}.log",
+    conda:
+        CONDA_ENV
     threads: JOB_THREADS
     resources:
         gpu=GPU,
-    log:
-        "logs/evaluate/{experiment}/{method}.log",
+    params:
+        settings=run_settings,
+        evaluation=config["evaluation"],
     shell:
-        "python -m mtml evaluate --params {PARAMS} --experiment {wildcards.experiment}"
-        " --method {wildcards.method} --threads {TORCH_THREADS} > {log} 2>&1"
+        f"python -m mtml evaluate --params {PARAMS} --experiment {{wildcards.experiment}}"
+        f" --method {{wildcards.method}} --threads {TORCH_THREADS} > {{log}} 2>&1"
