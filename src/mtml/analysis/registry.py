@@ -16,6 +16,7 @@ ANALYSES: dict[str, AnalysisFn] = {}
 # Modules that register analyses on import.
 ANALYSIS_MODULES: list[str] = [
     "mtml.analysis.task_attention",
+    "mtml.analysis.transference",
 ]
 
 

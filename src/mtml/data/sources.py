@@ -20,6 +20,7 @@ SOURCES: dict[str, PrepareFn] = {}
 # Modules that register sources; importing them fills SOURCES.
 SOURCE_MODULES = [
     "mtml.data.glyphs",
+    "mtml.data.shapes",
     "mtml.data.omniglot",
     "mtml.data.cifar",
     "mtml.data.imagenet",

@@ -8,6 +8,7 @@ from mtml.methods.base import REGISTRY, Episode, MetaLearner, build, resolve_hpa
 FAMILY_MODULES = [
     "mtml.methods.gradient",
     "mtml.methods.metric",
+    "mtml.methods.multimodal",
     "mtml.methods.learned_optimizer",
     "mtml.methods.task_weighting",
 ]

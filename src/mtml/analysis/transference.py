@@ -1,0 +1,238 @@
+"""Task transference in multimodal meta-learning (Abdollahzadeh et al. 2021, sec. 3).
+
+For a source meta-train task i and a target meta-test task j,
+
+    LR(i -> j) = L_j(Q_j; theta_i^{t+1}, S_j) / L_j(Q_j; theta^t, S_j),
+
+where theta_i^{t+1} is the meta-model after one meta-update on task i alone (an SGD step of
+size `step_size` on task i's meta-loss) and L_j is the target's query loss after adapting on
+its support set (the method's own meta-loss of task j). LR < 1: the update on i helped j
+(positive transfer); LR > 1: it hurt j.
+
+The trainer keeps only the best weights, so the analysis snapshots a short retrain of its
+own: the method is rebuilt at its seeded initialisation and meta-trained on the experiment's
+training stream (the same tasks, in the same order, as the real run), with snapshots at
+evenly spaced iterations; the trained model.pt is the last snapshot when it exists. Source
+tasks are drawn from the training distribution (modes mixed by `mode_mix`), targets are the
+first test episodes of every mode.
+
+Writes, per multimodal experiment: `ratios.csv` (every LR), `histograms-<exp>.png` (LR over
+the sources for one fixed target, per method and snapshot, coloured by the source's mode),
+`modes-<exp>.png` (mean LR from each source mode to each target mode at the last snapshot)
+and `summary.json`. Settings: `experiments.<exp>.options.transference` (see
+mtml.multimodal.config). Paths follow the CLI layout next to `metrics_root`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtml.analysis.registry import register_analysis
+from mtml.episodes.sampler import manifest_episodes
+from mtml.errors import UserError
+from mtml.methods import resolve_hparams
+from mtml.methods.base import Episode, MetaLearner
+from mtml.multimodal.config import multimodal_config
+from mtml.multimodal.episodes import read_mode_manifest
+from mtml.multimodal.sampler import MultimodalStream, mode_banks
+from mtml.multimodal.train import init_learner, training_stream
+from mtml.params import experiment, training_config
+from mtml.utils import atomic_path, derive_seed, resolve_device
+
+DEFAULT_ALGORITHMS = ("maml", "mmaml-kml")
+
+
+def task_loss(learner: MetaLearner, episode: Episode) -> float:
+    """L_j: the query loss after adapting on the support set (the method's meta-loss)."""
+    with torch.no_grad():
+        return float(learner.meta_loss([episode])[0])
+
+
+def transference_ratios(learner: MetaLearner, sources: list[Episode], targets: list[Episode],
+                        step_size: float) -> np.ndarray:
+    """LR(i -> j) for every source i and target j: array [len(sources), len(targets)]."""
+    params = [p for p in learner.parameters() if p.requires_grad]
+    probe = copy.deepcopy(learner)  # holds theta_i^{t+1}; `learner` keeps theta^t
+    probe_params = [p for p in probe.parameters() if p.requires_grad]
+    base = np.array([task_loss(learner, t) for t in targets])
+    out = np.empty((len(sources), len(targets)))
+    for i, source in enumerate(sources):
+        loss, _ = learner.meta_loss([source])
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for q, p, g in zip(probe_params, params, grads):
+                q.copy_(p if g is None else p - step_size * g)
+        out[i] = np.array([task_loss(probe, t) for t in targets]) / base
+    return out
+
+
+def mode_matrix(ratios: np.ndarray, source_modes, target_modes, n_modes: int) -> np.ndarray:
+    """Mean LR from sources of mode a (row) to targets of mode b (column); NaN where empty."""
+    src, tgt = np.asarray(source_modes), np.asarray(target_modes)
+    out = np.full((n_modes, n_modes), np.nan)
+    for a in range(n_modes):
+        for b in range(n_modes):
+            block = ratios[np.ix_(src == a, tgt == b)]
+            if block.size:
+                out[a, b] = block.mean()
+    return out
+
+
+def _snapshots(params, exp, meth, mm, banks, opts, model_path: Path, device):
+    """[(label, state_dict)]: a seeded short retrain at evenly spaced iterations, then the
+    trained model (model.pt) when there is one."""
+    tcfg = training_config(params, exp)
+    learner = init_learner(params, exp, meth, mm, device)
+    stream = training_stream(params, exp, mm, banks)
+    total = opts["retrain_iterations"] if learner.trainable else 0
+    marks = sorted(set(np.linspace(0, total, opts["snapshots"]).round().astype(int).tolist()))
+    optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
+    states = []
+    for it in range(total + 1):
+        if it in marks:
+            states.append((f"iteration {it}", copy.deepcopy(learner.state_dict())))
+        if it < total:
+            learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
+                               lambda: stream.batch(tcfg["meta_batch"]))
+    if model_path.exists():
+        states.append(("trained", torch.load(model_path, map_location=device, weights_only=False)["state"]))
+    return learner, states
+
+
+def _analysed_methods(params: dict, opts: dict) -> list[str]:
+    if opts["methods"] is not None:
+        return list(opts["methods"])
+    return [m for m, hp in params["methods"].items()
+            if resolve_hparams(m, hp or {})[0].algorithm in DEFAULT_ALGORITHMS]
+
+
+def analyse_experiment(params: dict, exp: str, root: Path, device) -> pd.DataFrame:
+    """Every LR of experiment `exp` as rows (method, snapshot, source, target, modes, ratio)."""
+    cfg, mm = experiment(params, exp), multimodal_config(params, exp)
+    opts = mm.transference
+    banks = mode_banks(mm, root / "data" / "processed", device)
+    src_stream = MultimodalStream(banks, mm.mode_mix, "train", cfg["ways"], cfg["shots"], cfg["queries"],
+                                  derive_seed(params["seed"], exp, "transference-sources"))
+    sources = src_stream.batch(opts["sources"])
+    targets = []
+    for bank in banks:
+        manifest = read_mode_manifest(root / "data" / "episodes", exp, "test", bank.data.name, opts["targets"])
+        targets += [ep for _, ep in manifest_episodes(bank, manifest)]
+    rows = []
+    for meth in _analysed_methods(params, opts):
+        learner, states = _snapshots(params, exp, meth, mm, banks, opts,
+                                     root / "models" / exp / meth / "model.pt", device)
+        for label, state in states:
+            learner.load_state_dict(state)
+            ratios = transference_ratios(learner, sources, targets, opts["step_size"])
+            for i, s in enumerate(sources):
+                for j, t in enumerate(targets):
+                    rows.append({"experiment": exp, "method": meth, "snapshot": label, "source": i,
+                                 "source_mode": s.mode, "target": j, "target_mode": t.mode,
+                                 "ratio": ratios[i, j]})
+    return pd.DataFrame(rows)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_histograms(frame: pd.DataFrame, modes: list[str], path: Path) -> None:
+    """LR over the sources for the fixed target 0, per method (row) and snapshot (column)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed = frame[frame["target"] == 0]
+    methods, snaps = list(dict.fromkeys(fixed["method"])), list(dict.fromkeys(fixed["snapshot"]))
+    fig, axes = plt.subplots(len(methods), len(snaps), figsize=(3.6 * len(snaps), 2.8 * len(methods)),
+                             squeeze=False, sharey="row")
+    for r, meth in enumerate(methods):
+        for c, snap in enumerate(snaps):
+            ax, g = axes[r][c], fixed[(fixed["method"] == meth) & (fixed["snapshot"] == snap)]
+            bins = np.histogram_bin_edges(g["ratio"], bins=20)
+            ax.hist([g.loc[g["source_mode"] == m, "ratio"] for m in range(len(modes))], bins=bins,
+                    stacked=True, label=[f"source {m}" for m in modes])
+            ax.axvline(1.0, color="k", lw=1, ls="--")
+            ax.set_title(f"{meth}, {snap}\nLR<1 (helps): {100 * (g['ratio'] < 1).mean():.0f}%", fontsize=8)
+            ax.set_xlabel(f"LR(i -> target 0, mode {modes[int(g['target_mode'].iloc[0])]})", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_mode_heatmaps(frame: pd.DataFrame, modes: list[str], path: Path) -> dict:
+    """Mean LR from each source mode (rows) to each target mode (columns), last snapshot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(frame["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 + 1.1 * len(modes) * len(methods), 3.4),
+                             squeeze=False)
+    matrices = {}
+    for ax, meth in zip(axes[0], methods):
+        g = frame[frame["method"] == meth]
+        last = g["snapshot"].iloc[-1]
+        g = g[g["snapshot"] == last]
+        pairs = g.drop_duplicates(["source", "target"]).sort_values(["source", "target"])
+        ratios = pairs.pivot(index="source", columns="target", values="ratio").to_numpy()
+        src = pairs.drop_duplicates("source").sort_values("source")["source_mode"].to_numpy()
+        tgt = pairs.drop_duplicates("target").sort_values("target")["target_mode"].to_numpy()
+        m = mode_matrix(ratios, src, tgt, len(modes))
+        matrices[meth] = {"snapshot": last, "mean_ratio": m.round(6).tolist()}
+        spread = max(float(np.nanmax(np.abs(m - 1))), 1e-6)
+        im = ax.imshow(m, cmap="RdBu_r", vmin=1 - spread, vmax=1 + spread)
+        for (a, b), v in np.ndenumerate(m):
+            ax.text(b, a, f"{v:.4f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(modes)), modes, rotation=30, fontsize=7)
+        ax.set_yticks(range(len(modes)), modes, fontsize=7)
+        ax.set_xlabel("target mode")
+        ax.set_ylabel("source mode")
+        ax.set_title(f"{meth} ({last}): mean LR", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
+    return matrices
+
+
+@register_analysis("transference")
+def transference(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    exps = [e for e, c in params["experiments"].items() if c["kind"] == "multimodal"]
+    if not exps:
+        raise UserError("analysis 'transference' needs an experiment of kind multimodal in params 'experiments'")
+    root, out_dir = Path(metrics_root).resolve().parent, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(params["device"])
+    frames, summary = [], {}
+    for exp in exps:
+        mm = multimodal_config(params, exp)
+        modes = list(mm.modes)
+        frame = analyse_experiment(params, exp, root, device)
+        if frame.empty:
+            raise UserError(f"analysis 'transference' found no method to analyse in experiment {exp!r}: "
+                            f"add a method with algorithm {' or '.join(DEFAULT_ALGORITHMS)}, or list "
+                            f"methods in experiments.{exp}.options.transference.methods")
+        frames.append(frame)
+        plot_histograms(frame, modes, out_dir / f"histograms-{exp}.png")
+        matrices = plot_mode_heatmaps(frame, modes, out_dir / f"modes-{exp}.png")
+        per = frame.groupby(["method", "snapshot"], sort=False)["ratio"]
+        summary[exp] = {"modes": modes, "settings": mm.transference, "mode_matrix": matrices,
+                        "snapshots": {f"{m}/{s}": {"mean_ratio": round(float(v.mean()), 6),
+                                                    "positive_transfer": round(float((v < 1).mean()), 4)}
+                                      for (m, s), v in per}}
+    pd.concat(frames).to_csv(out_dir / "ratios.csv", index=False, float_format="%.8g")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

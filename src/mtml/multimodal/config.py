@@ -1,0 +1,137 @@
+"""The settings of a multimodal experiment (`experiments.<name>.options`), checked once.
+
+    options:
+      image_shape: [3, 28, 28]     # every mode is brought to [channels, height, width]
+      mode_mix: [1, 1, 1]          # per-mode sampling weights (list in mode order, or
+                                   # {dataset: weight}); default uniform
+      transference: {...}          # settings of the `transference` analysis (see below)
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from mtml.errors import UserError
+from mtml.params import experiment
+
+OPTION_DEFAULTS: dict = {"image_shape": [3, 28, 28], "mode_mix": None, "transference": {}}
+TRANSFERENCE_DEFAULTS: dict = {
+    "methods": None,            # method names; default: those whose algorithm is maml or mmaml-kml
+    "sources": 48,              # meta-train source tasks i
+    "targets": 2,               # meta-test target tasks j per mode
+    "step_size": 0.01,          # SGD step of the one-task meta-update theta_i^{t+1}
+    "retrain_iterations": 100,  # short retrain from the initialisation, snapshotted
+    "snapshots": 3,             # evenly spaced snapshots of the retrain (0 and the end included)
+}
+MIN_SIZE = 16  # Conv-4 halves the image four times
+
+
+@dataclass(frozen=True)
+class MultimodalConfig:
+    experiment: str
+    modes: tuple[str, ...]          # dataset of mode 0, 1, ...
+    image_shape: tuple[int, int, int]
+    mode_mix: tuple[float, ...]     # probabilities, sum 1
+    transference: dict
+
+
+def _key(exp: str, *path) -> str:
+    return "params key 'experiments." + ".".join([exp, "options", *map(str, path)]) + "'"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _image_shape(exp: str, value) -> tuple[int, int, int]:
+    ok = isinstance(value, list | tuple) and len(value) == 3 and all(_is_int(v) for v in value)
+    if not ok or value[0] not in (1, 3) or min(value[1:]) < MIN_SIZE:
+        raise UserError(f"{_key(exp, 'image_shape')} must be [channels, height, width] with channels "
+                        f"1 or 3 and height, width >= {MIN_SIZE}; got {value!r}")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def _mode_mix(exp: str, value, modes: tuple[str, ...]) -> tuple[float, ...]:
+    where = _key(exp, "mode_mix")
+    if value is None:
+        return tuple([1.0 / len(modes)] * len(modes))
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(modes))
+        if unknown:
+            raise UserError(f"{where} names {unknown[0]!r}, not a mode; modes: {', '.join(modes)}")
+        value = [value.get(m, 0) for m in modes]
+    if not isinstance(value, list | tuple) or len(value) != len(modes):
+        raise UserError(f"{where} must give one weight per mode ({len(modes)}: {', '.join(modes)}), "
+                        f"as a list or a mapping dataset -> weight; got {value!r}")
+    if not all(_is_number(v) and v >= 0 for v in value) or sum(value) <= 0:
+        raise UserError(f"{where} must hold numbers >= 0 with a positive sum; got {value!r}")
+    total = float(sum(value))
+    return tuple(float(v) / total for v in value)
+
+
+def _transference(params: dict, exp: str, value) -> dict:
+    if not isinstance(value, dict):
+        raise UserError(f"{_key(exp, 'transference')} must be a mapping; got {value!r}")
+    unknown = sorted(set(value) - set(TRANSFERENCE_DEFAULTS))
+    if unknown:
+        raise UserError(f"{_key(exp, 'transference', unknown[0])} is unknown; "
+                        f"allowed: {', '.join(sorted(TRANSFERENCE_DEFAULTS))}")
+    opts = {**TRANSFERENCE_DEFAULTS, **value}
+    for key, low in (("sources", 1), ("targets", 1), ("retrain_iterations", 0), ("snapshots", 1)):
+        if not _is_int(opts[key]) or opts[key] < low:
+            raise UserError(f"{_key(exp, 'transference', key)} must be an integer >= {low}; got {opts[key]!r}")
+    if not _is_number(opts["step_size"]) or opts["step_size"] < 0:
+        raise UserError(f"{_key(exp, 'transference', 'step_size')} must be a number >= 0; "
+                        f"got {opts['step_size']!r}")
+    methods = opts["methods"]
+    if methods is not None:
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            raise UserError(f"{_key(exp, 'transference', 'methods')} must be a list of method names; got {methods!r}")
+        for m in methods:
+            if m not in params["methods"]:
+                raise UserError(f"{_key(exp, 'transference', 'methods')} names {m!r}; "
+                                f"defined methods: {', '.join(params['methods'])}")
+    return opts
+
+
+def multimodal_config(params: dict, exp: str) -> MultimodalConfig:
+    """Validated settings of multimodal experiment `exp`; UserError names the bad key."""
+    cfg = experiment(params, exp)
+    modes = (cfg["dataset"], *cfg.get("modes", []))
+    repeated = sorted({m for m in modes if modes.count(m) > 1})
+    if repeated:
+        raise UserError(f"params key 'experiments.{exp}.modes' repeats dataset {repeated[0]!r} "
+                        f"(the experiment's dataset is mode 0); list each dataset once")
+    if cfg.get("cross_domain"):
+        raise UserError(f"params key 'experiments.{exp}.cross_domain' is not supported by kind "
+                        f"multimodal; add the dataset to 'modes' instead, or use []")
+    options = dict(cfg.get("options") or {})
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise UserError(f"{_key(exp, unknown[0])} is unknown for kind multimodal; "
+                        f"allowed: {', '.join(sorted(OPTION_DEFAULTS))}")
+    options = {**OPTION_DEFAULTS, **options}
+    return MultimodalConfig(exp, modes, _image_shape(exp, options["image_shape"]),
+                            _mode_mix(exp, options["mode_mix"], modes),
+                            _transference(params, exp, options["transference"]))
+
+
+def check(params: dict, exp: str) -> None:
+    """Kind.check: the options, and the `modes` of per-mode methods against the experiment."""
+    mm = multimodal_config(params, exp)
+    from mtml.methods import resolve_hparams
+    from mtml.methods.multimodal import PerMode
+
+    for name, hp in params["methods"].items():
+        cls, _ = resolve_hparams(name, hp or {})
+        given = (hp or {}).get("modes")
+        if issubclass(cls, PerMode) and given is not None and given != len(mm.modes):
+            raise UserError(f"params key 'methods.{name}.modes' is {given!r} but experiment {exp!r} has "
+                            f"{len(mm.modes)} modes; leave it out (the experiment sets it)")

@@ -1,0 +1,318 @@
+"""Multimodal experiments: options, one image shape for all modes, the mode-aware sampler,
+the `shapes` dataset, and every multimodal method trained on three tiny modes."""
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtml.data.shapes import generate as generate_shapes
+from mtml.data.storage import PreparedDataset
+from mtml.data.storage import validate as validate_classes
+from mtml.errors import UserError
+from mtml.multimodal.config import multimodal_config
+from mtml.multimodal.data import to_image_shape
+from mtml.multimodal.sampler import ModeImageBank, MultimodalStream
+from mtml.params import validate
+
+MODES = ["glyphs", "glyphs-shifted", "shapes"]
+DATASETS = {
+    "glyphs": {"source": "glyphs", "options": {"alphabets": 12, "characters_per_alphabet": 8,
+                                               "drawers": 12, "split": [8, 2, 2]}},
+    "glyphs-shifted": {"source": "glyphs", "options": {"style": "shifted", "alphabets": 6,
+                                                       "characters_per_alphabet": 8, "drawers": 12,
+                                                       "split": [4, 1, 1]}},
+    "shapes": {"source": "shapes", "options": {"groups": 6, "shapes_per_group": 3, "schemes_per_group": 2,
+                                               "samples": 12, "split": [4, 1, 1]}},
+}
+SMALL = {"filters": 8}
+COND = {"filters": 8, "encoder_filters": 8, "embed_dim": 16, "generator_hidden": 8}
+METHODS = {"maml": SMALL, "multi-maml": SMALL, "mmaml": COND, "mmaml-kml": COND,
+           "protonet": SMALL, "multi-protonet": SMALL, "mprotonet": {**COND, "film_at": "norm"},
+           "mprotonet-kml": COND}
+
+
+def tiny_multimodal(options=None, methods=None, **exp):
+    params = {
+        "seed": 0, "device": "cpu", "threads": 1, "datasets": copy.deepcopy(DATASETS),
+        "experiments": {"mm": {"kind": "multimodal", "dataset": MODES[0], "modes": MODES[1:], "ways": 5,
+                               "shots": 1, "queries": 5,
+                               "options": {"image_shape": [3, 28, 28], **(options or {})}, **exp}},
+        "methods": copy.deepcopy(methods or METHODS),
+        "training": {"iterations": 30, "meta_batch": 3, "meta_lr": 0.003, "val_interval": 15,
+                     "val_episodes": 8},
+        "evaluation": {"episodes": 24},
+    }
+    return validate(params)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny networks: one thread is fastest and avoids oversubscribing a busy CI machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_defaults_and_mode_mix_forms():
+    mm = multimodal_config(tiny_multimodal(), "mm")
+    assert mm.modes == tuple(MODES) and mm.image_shape == (3, 28, 28)
+    assert mm.mode_mix == pytest.approx([1 / 3] * 3)
+    mm = multimodal_config(tiny_multimodal({"mode_mix": [2, 1, 1]}), "mm")
+    assert mm.mode_mix == pytest.approx([0.5, 0.25, 0.25])
+    mm = multimodal_config(tiny_multimodal({"mode_mix": {"shapes": 3, "glyphs": 1}}), "mm")
+    assert mm.mode_mix == pytest.approx([0.25, 0.0, 0.75])
+
+
+@pytest.mark.parametrize("options,exp,match", [
+    ({"size": 28}, {}, r"experiments\.mm\.options\.size' is unknown.*allowed: image_shape, mode_mix"),
+    ({"image_shape": [2, 28, 28]}, {}, r"options\.image_shape' must be \[channels"),
+    ({"image_shape": [3, 8, 8]}, {}, r"options\.image_shape'.*>= 16"),
+    ({"mode_mix": [1, 1]}, {}, r"options\.mode_mix' must give one weight per mode \(3"),
+    ({"mode_mix": [1, -1, 1]}, {}, r"options\.mode_mix' must hold numbers >= 0"),
+    ({"mode_mix": {"cifar": 1}}, {}, r"options\.mode_mix' names 'cifar', not a mode"),
+    ({"transference": {"source": 3}}, {}, r"options\.transference\.source' is unknown"),
+    ({"transference": {"methods": ["nope"]}}, {}, r"transference\.methods' names 'nope'"),
+    ({"transference": {"step_size": -1}}, {}, r"transference\.step_size' must be a number >= 0"),
+    ({}, {"modes": ["glyphs-shifted", "glyphs"]}, r"experiments\.mm\.modes' repeats dataset 'glyphs'"),
+    ({}, {"cross_domain": ["shapes"]}, r"experiments\.mm\.cross_domain' is not supported"),
+])
+def test_bad_options_name_the_key(options, exp, match):
+    with pytest.raises(UserError, match=match):
+        tiny_multimodal(options, **exp)
+
+
+@pytest.mark.parametrize("preset", ["multimodal", "multimodal_2mode", "multimodal_2mode_dagger",
+                                    "multimodal_3mode", "multimodal_5mode"])
+def test_presets_are_valid_params(preset):
+    from pathlib import Path
+
+    from mtml.params import load
+
+    root = Path(__file__).resolve().parents[1]
+    params = load([root / "params.yaml", root / "configs" / f"{preset}.yaml"])
+    exps = [e for e, c in params["experiments"].items() if c["kind"] == "multimodal"]
+    assert exps
+    for exp in exps:
+        mm = multimodal_config(params, exp)
+        assert mm.image_shape in ((3, 28, 28), (3, 84, 84)) and sum(mm.mode_mix) == pytest.approx(1)
+
+
+def test_per_mode_method_with_a_wrong_mode_count_is_rejected():
+    with pytest.raises(UserError, match=r"methods\.multi-maml\.modes' is 2 but experiment 'mm' has 3 modes"):
+        tiny_multimodal(methods={"multi-maml": {"modes": 2}})
+
+
+# --------------------------------------------------------------------------- image shape
+
+
+def test_grayscale_becomes_rgb_and_area_resize_averages_blocks():
+    img = np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4) * 10
+    out = to_image_shape(img, (3, 2, 2))
+    assert out.dtype == np.uint8 and out.shape == (1, 3, 2, 2)
+    blocks = img[0, 0].reshape(2, 2, 2, 2).mean((1, 3))  # 2x2 block means
+    for c in range(3):
+        assert (out[0, c] == np.rint(blocks)).all()
+    same = to_image_shape(out, (3, 2, 2))
+    assert same is out  # already in shape: no copy
+    rgb = np.zeros((1, 3, 4, 4), np.uint8)
+    rgb[:, 1] = 200
+    assert (to_image_shape(rgb, (1, 4, 4)) == round(0.587 * 200)).all()
+    up = to_image_shape(np.full((2, 1, 8, 8), 77, np.uint8), (3, 20, 20))
+    assert (up == 77).all()
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+def _toy_mode(name, channels, classes_per_split, per_class, seed):
+    rows, labels = [], []
+    for split in ("train", "val", "test"):
+        for _ in range(classes_per_split):
+            rows.append({"class_id": len(rows), "name": f"c{len(rows)}", "group": f"{split}-g",
+                         "split": split, "n_images": per_class})
+            labels += [len(rows) - 1] * per_class
+    labels = np.array(labels)
+    images = np.random.default_rng(seed).integers(0, 255, (len(labels), channels, 16, 16), dtype=np.uint8)
+    classes = validate_classes(images, labels, pd.DataFrame(rows), name)
+    return PreparedDataset(name, to_image_shape(images, (3, 16, 16)), labels, classes, {})
+
+
+def _banks():
+    modes = [_toy_mode("a", 1, 6, 4, 0), _toy_mode("b", 3, 7, 5, 1), _toy_mode("c", 1, 5, 6, 2)]
+    return [ModeImageBank(d, torch.device("cpu"), i) for i, d in enumerate(modes)]
+
+
+def test_tasks_use_only_their_own_mode_and_the_mix_follows_params():
+    banks, mix = _banks(), [0.6, 0.3, 0.1]
+    stream = MultimodalStream(banks, mix, "train", ways=3, shots=1, queries=2, seed=0)
+    counts = np.zeros(3)
+    for _ in range(3000):
+        mode, chosen, support, query = stream.draw()
+        counts[mode] += 1
+        data = banks[mode].data
+        assert set(chosen) <= set(data.split_classes("train"))
+        # every item belongs to its class in this mode's dataset
+        assert (data.labels[support] == chosen[:, None]).all() and (data.labels[query] == chosen[:, None]).all()
+    assert np.abs(counts / 3000 - mix).max() < 0.03
+
+    ep = stream.sample()
+    assert ep.support_x.shape == (3, 3, 16, 16)
+    state = stream.state()
+    a = stream.batch(5)
+    stream.set_state(state)
+    b = stream.batch(5)
+    assert [e.mode for e in a] == [e.mode for e in b]
+    assert all(torch.equal(x.support_x, y.support_x) for x, y in zip(a, b))
+    # the images of an episode are those of its mode's bank
+    stream.set_state(state)
+    mode, _, support, query = stream.draw()
+    assert torch.equal(b[0].query_x, banks[mode].gather(query)) and b[0].mode == mode
+
+
+def test_a_meta_batch_mixes_modes_and_a_zero_weight_mode_never_appears():
+    stream = MultimodalStream(_banks(), [0.5, 0.0, 0.5], "train", 3, 1, 2, seed=1)
+    modes = [ep.mode for _ in range(50) for ep in stream.batch(4)]
+    assert set(modes) == {0, 2}
+
+
+def test_a_mode_with_too_few_classes_is_a_user_error():
+    with pytest.raises(UserError, match="dataset c has 5 train classes but episodes need ways=6"):
+        MultimodalStream(_banks(), [1, 1, 1], "train", 6, 1, 1, seed=0)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_shapes_are_rgb_deterministic_and_split_by_group():
+    opts = {"groups": 5, "shapes_per_group": 2, "schemes_per_group": 3, "samples": 4, "split": [3, 1, 1]}
+    images, labels, classes, meta = generate_shapes(opts, seed=3)
+    assert images.dtype == np.uint8 and images.shape == (5 * 6 * 4, 3, 28, 28)
+    validate_classes(images, labels, classes, "shapes")
+    assert classes.groupby("group")["split"].nunique().max() == 1
+    assert classes["split"].value_counts().to_dict() == {"train": 18, "val": 6, "test": 6}
+    again, *_ = generate_shapes(opts, seed=3)
+    assert np.array_equal(images, again)
+    other, *_ = generate_shapes(opts, seed=4)
+    assert not np.array_equal(images, other)
+    prefix, *_ = generate_shapes({**opts, "groups": 2, "split": [1, 1, 0]}, seed=3)
+    assert np.array_equal(prefix, images[: len(prefix)])  # fewer groups: a prefix
+    # classes differ more between than within: nearest class mean classifies most images
+    x = images.reshape(len(images), -1).astype(float)
+    means = np.stack([x[labels == c].mean(0) for c in range(len(classes))])
+    nearest = ((x[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (nearest == labels).mean() > 0.8
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"colour": 1}, r"datasets\.shapes\.options\.colour' is unknown"),
+    ({"groups": 0}, r"options\.groups' must be an integer >= 1"),
+    ({"image_size": 8}, r"options\.image_size' must be an integer >= 16"),
+    ({"groups": 2, "split": [1, 1, 1]}, r"options\.split' asks for 3 non-empty splits"),
+    ({"noise": -1}, r"options\.noise' must be a number >= 0"),
+])
+def test_shapes_options_name_the_key(options, match):
+    with pytest.raises(UserError, match=match):
+        generate_shapes(options, seed=0)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _run_all(params, root):
+    from mtml.data.sources import prepare_dataset
+    from mtml.kinds import KINDS
+
+    processed, episodes = root / "data/processed", root / "data/episodes"
+    for name, cfg in params["datasets"].items():
+        prepare_dataset(name, cfg, root / "data/raw", processed, params["seed"])
+    kind = KINDS["multimodal"]
+    kind.episodes(params, "mm", processed, episodes)
+    results = {}
+    for meth in params["methods"]:
+        model_dir, metrics_dir = root / "models/mm" / meth, root / "metrics/runs/mm" / meth
+        kind.train(params, "mm", meth, processed, episodes, model_dir, metrics_dir, torch.device("cpu"))
+        results[meth] = kind.evaluate(params, "mm", meth, model_dir / "model.pt", processed, episodes,
+                                      metrics_dir, torch.device("cpu"))
+    return results
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("multimodal")
+    params = tiny_multimodal({"transference": {"sources": 6, "targets": 1, "retrain_iterations": 4,
+                                               "snapshots": 2}})
+    try:
+        yield params, root, _run_all(params, root)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
+def test_every_method_beats_chance_in_every_mode(trained):
+    params, root, results = trained
+    chance = 100 / 5
+    for meth, rows in results.items():
+        by_dataset = {r["dataset"]: r for r in rows}
+        assert list(by_dataset) == [*MODES, "all"], meth
+        for ds, r in by_dataset.items():
+            assert r["episodes"] == 24 * (3 if ds == "all" else 1)
+            assert r["accuracy"] - r["ci95"] > chance, (meth, ds, r["accuracy"], r["ci95"])
+
+
+@pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
+def test_runs_write_the_fewshot_files_and_aggregate_reads_them(trained):
+    from mtml.analysis.aggregate import collect
+
+    params, root, results = trained
+    for meth in params["methods"]:
+        run, models = root / "metrics/runs/mm" / meth, root / "models/mm" / meth
+        for f in ("eval.json", "episodes.csv", "timing_eval.json", "train_log.csv", "train.json",
+                  "timing_train.json", "trace.jsonl"):
+            assert (run / f).exists(), (meth, f)
+        assert (models / "model.pt").exists() and (models / "checkpoint.pt").exists()
+        saved = torch.load(models / "model.pt", weights_only=False)
+        assert saved["modes"] == MODES and saved["image_shape"] == [3, 28, 28]
+        per_episode = pd.read_csv(run / "episodes.csv")
+        assert set(per_episode["mode"]) == {0, 1, 2} and set(per_episode["dataset"]) == set(MODES)
+        log = pd.read_csv(run / "train_log.csv")
+        assert len(log) == 30 and log["val_accuracy"].notna().sum() == 2
+    assert json.loads((root / "data/episodes/mm/sources.json").read_text())["modes"] == MODES
+    frame = collect(params, root / "metrics")
+    assert len(frame) == len(params["methods"]) * 4
+    assert set(frame["dataset"]) == {*MODES, "all"}
+
+
+@pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
+def test_per_mode_method_keeps_one_learner_per_mode(trained):
+    params, root, _ = trained
+    saved = torch.load(root / "models/mm/multi-maml/model.pt", weights_only=False)["state"]
+    assert {k.split(".")[1] for k in saved} == {"0", "1", "2"}
+
+
+@pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
+def test_transference_analysis_writes_its_figures(trained):
+    from mtml.analysis.registry import ANALYSES
+
+    params, root, _ = trained
+    out = root / "metrics/analysis/transference"
+    ANALYSES["transference"](params, root / "metrics", out)
+    for f in ("ratios.csv", "summary.json", "histograms-mm.png", "modes-mm.png"):
+        assert (out / f).exists(), f
+    ratios = pd.read_csv(out / "ratios.csv")
+    assert set(ratios["method"]) == {"maml", "mmaml-kml"}  # the default comparison
+    # snapshots: retrain iterations 0 and 4, then the trained model
+    assert list(dict.fromkeys(ratios["snapshot"])) == ["iteration 0", "iteration 4", "trained"]
+    assert len(ratios) == 2 * 3 * 6 * 3  # methods x snapshots x sources x targets (1 per mode)
+    assert (ratios["ratio"] > 0).all() and np.isfinite(ratios["ratio"]).all()
+    summary = json.loads((out / "summary.json").read_text())["mm"]
+    assert np.array(summary["mode_matrix"]["maml"]["mean_ratio"]).shape == (3, 3)
