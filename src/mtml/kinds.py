@@ -27,7 +27,7 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 
 # Modules that register kinds on import (besides fewshot, registered below).
-KIND_MODULES: list[str] = ["mtml.multimodal.kind"]
+KIND_MODULES: list[str] = ["mtml.multimodal.kind", "mtml.multitask.kind"]
 
 
 def register_kind(name: str, kind: Kind) -> None:

@@ -22,6 +22,7 @@ SOURCE_MODULES = [
     "mtml.data.glyphs",
     "mtml.data.shapes",
     "mtml.data.omniglot",
+    "mtml.data.scenes",
     "mtml.data.cifar",
     "mtml.data.imagenet",
     "mtml.data.cub",

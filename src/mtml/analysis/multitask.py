@@ -1,0 +1,452 @@
+"""Analyses of multi-task meta-learning runs (Lekkala & Itti).
+
+- multitask-table: Table-1-shaped results: one row per method (algorithm, single/multi meta
+  task, filters, loss weighting), per task the test "Acc" (classification: accuracy) and
+  MSE, from each run's multitask.json; plus the effect of uncertainty weighting for method
+  pairs that differ only in `loss_weighting`.
+- optimal-attention (section 5.3): freeze a trained AM / P-AM model and learn the channel
+  weights w alone, by gradient descent on all the data of a test subtask (its support set
+  adapts the head, the loss is taken over every image of the subtask's classes or
+  environment); compare with the predicted weights: cosine similarity overall and per block,
+  and a plot per block.
+- attention-weights (Fig. 3 top): the predicted weights of every test subtask, one colour
+  per backbone block, per task; plus per-block statistics and how similar tasks' mean
+  weights are.
+- multitask-speed: train time and inference time per subtask of the AM model against
+  MAML-style full adaptation (mt-maml) of the same backbone, on the same subtasks (the paper
+  reports 1.7x faster training and 2.3x faster inference than MAML).
+
+They read models/, data/processed/ and data/episodes/ beside `metrics_root` (the pipeline's
+layout) and write under `out_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtml.analysis.registry import register_analysis
+from mtml.errors import UserError
+from mtml.utils import atomic_path, write_json, write_text
+
+OPTIMAL_STEPS = 40         # Adam steps learning w alone
+OPTIMAL_LR = 0.05
+OPTIMAL_SUBTASKS = 2       # test subtasks per task
+OPTIMAL_MAX_ITEMS = 120    # "all the data" of a subtask, subsampled beyond this (seeded)
+SPEED_REPEATS = 5
+SPEED_SUBTASKS = 5
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _multitask_experiments(params: dict, name: str) -> list[str]:
+    exps = [e for e, c in params["experiments"].items() if c["kind"] == "multitask"]
+    if not exps:
+        raise UserError(f"analysis {name!r} needs an experiment of kind multitask in params 'experiments'")
+    return exps
+
+
+def _hparams(params: dict, meth: str) -> tuple[type, dict]:
+    from mtml.methods import resolve_hparams
+
+    return resolve_hparams(meth, params["methods"][meth] or {})
+
+
+def _modulated_methods(params: dict, name: str) -> list[str]:
+    methods = [m for m in params["methods"] if _hparams(params, m)[0].modulator_cls is not None]
+    if not methods:
+        raise UserError(f"analysis {name!r} needs a method with an attention modulator "
+                        f"(algorithm mt-am or mt-pam) in params 'methods'")
+    return methods
+
+
+def _run_file(metrics_root: Path, exp: str, meth: str, fname: str) -> Path:
+    path = Path(metrics_root) / "runs" / exp / meth / fname
+    if not path.exists():
+        raise UserError(f"{path} is missing; run the train and evaluate stages of {exp}/{meth} first")
+    return path
+
+
+def _trained(params: dict, exp: str, meth: str, metrics_root: Path):
+    from mtml.multitask.evaluate import load_learner
+
+    path = Path(metrics_root).parent / "models" / exp / meth / "model.pt"
+    if not path.exists():
+        raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
+    return load_learner(params, exp, meth, path, torch.device("cpu"))
+
+
+def _bank(params: dict, exp: str, metrics_root: Path):
+    from mtml.data.storage import load_prepared
+    from mtml.multitask.config import multitask_config
+    from mtml.multitask.data import SceneBank
+
+    mt = multitask_config(params, exp)
+    data = load_prepared(Path(metrics_root).parent / "data" / "processed" / params["experiments"][exp]["dataset"])
+    return SceneBank(data, mt.tasks, torch.device("cpu")), mt
+
+
+def _test_manifest(metrics_root: Path, exp: str, task: str) -> pd.DataFrame:
+    from mtml.multitask.data import read_manifest
+    from mtml.multitask.episodes import manifest_path
+
+    return read_manifest(manifest_path(Path(metrics_root).parent / "data" / "episodes", exp, "test", task))
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if denom > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- table
+
+
+def variant(params: dict, meth: str) -> dict:
+    cls, hp = _hparams(params, meth)
+    return {"method": meth, "algorithm": cls.algorithm,
+            "meta_tasks": "single" if hp.get("tasks") == "single" else "multi",
+            "filters": hp.get("filters"), "loss_weighting": hp.get("loss_weighting"),
+            "pretrained_heads": ",".join(hp.get("pretrained_heads", [])) or "-"}
+
+
+def results_table(params: dict, metrics_root: Path) -> pd.DataFrame:
+    rows = []
+    for exp in _multitask_experiments(params, "multitask-table"):
+        for meth in params["methods"]:
+            result = json.loads(_run_file(metrics_root, exp, meth, "multitask.json").read_text())
+            for r in result["rows"]:
+                if r["environment"] == "all":
+                    rows.append({"experiment": exp, **variant(params, meth), "split": r["split"],
+                                 "dataset": r["dataset"], "task": r["task"], "accuracy": r["accuracy"],
+                                 "accuracy_ci95": r["accuracy_ci95"], "mse": r["mse"]})
+    return pd.DataFrame(rows)
+
+
+def _cell(r) -> str:
+    acc = f"{r['accuracy']:.1f}" + (f" ± {r['accuracy_ci95']:.1f}" if pd.notna(r["accuracy_ci95"]) else "")
+    return acc if pd.isna(r["mse"]) else f"{acc} / {r['mse']:.4f}"
+
+
+def uncertainty_effect(params: dict, frame: pd.DataFrame) -> list[dict]:
+    """Per task, uncertainty minus fixed weighting for method pairs equal in everything else."""
+    out = []
+    configs = {m: {k: v for k, v in _hparams(params, m)[1].items() if k != "loss_weighting"}
+               for m in params["methods"]}
+    algos = {m: _hparams(params, m)[0].algorithm for m in params["methods"]}
+    for a in params["methods"]:
+        for b in params["methods"]:
+            va, vb = variant(params, a), variant(params, b)
+            if (va["loss_weighting"], vb["loss_weighting"]) != ("fixed", "uncertainty"):
+                continue
+            if configs[a] != configs[b] or algos[a] != algos[b]:
+                continue
+            merged = frame[frame["method"] == a].merge(frame[frame["method"] == b],
+                                                       on=["experiment", "split", "dataset", "task"])
+            for _, r in merged.iterrows():
+                out.append({"experiment": r["experiment"], "split": r["split"], "task": r["task"],
+                            "fixed": a, "uncertainty": b,
+                            "accuracy_change": round(r["accuracy_y"] - r["accuracy_x"], 4),
+                            "mse_change": None if pd.isna(r["mse_x"]) else round(r["mse_y"] - r["mse_x"], 6)})
+    return out
+
+
+@register_analysis("multitask-table")
+def multitask_table(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    frame = results_table(params, metrics_root)
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "table.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    lines = ["# Multi-task meta-learning results (Table 1 layout)", "",
+             "Cells: Acc (%) ± 95% CI / MSE. Classification: query accuracy; depth: share of pixels "
+             "with max(pred/true, true/pred) under the threshold; normals: share of pixels within "
+             "the angle threshold; vanishing point: share of points within the angle threshold "
+             "(thresholds in each run's multitask.json).", ""]
+    for (exp, split, ds), g in frame.groupby(["experiment", "split", "dataset"], sort=False):
+        tasks = list(dict.fromkeys(g["task"]))
+        lines += [f"## {exp}: {split} ({ds})", "",
+                  "| method | algorithm | meta tasks | filters | loss weighting | " + " | ".join(tasks) + " |",
+                  "|---" * (5 + len(tasks)) + "|"]
+        for meth, m in g.groupby("method", sort=False):
+            v = m.iloc[0]
+            cells = [_cell(m[m["task"] == t].iloc[0]) if (m["task"] == t).any() else "-" for t in tasks]
+            lines.append(f"| {meth} | {v['algorithm']} | {v['meta_tasks']} | {v['filters']} | "
+                         f"{v['loss_weighting']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    effect = uncertainty_effect(params, frame)
+    if effect:
+        lines += ["## Uncertainty weighting vs fixed weights (uncertainty minus fixed)", "",
+                  "| experiment | split | task | fixed | uncertainty | Acc change | MSE change |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {e['experiment']} | {e['split']} | {e['task']} | {e['fixed']} | {e['uncertainty']} | "
+                  f"{e['accuracy_change']:+.2f} | "
+                  f"{'-' if e['mse_change'] is None else format(e['mse_change'], '+.5f')} |" for e in effect]
+        lines.append("")
+    write_text(out_dir / "table.md", "\n".join(lines))
+    write_json(out_dir / "uncertainty_effect.json", effect)
+
+
+# --------------------------------------------------------------------------- optimal attention
+
+
+def subtask_all_items(bank, task, manifest: pd.DataFrame, episode: int) -> np.ndarray:
+    """Every image of a test subtask's classes (classification) or environment (others),
+    at most OPTIMAL_MAX_ITEMS of them (a seeded subsample, to bound the analysis' time)."""
+    rows = manifest[manifest["episode"] == episode]
+    if task.kind == "classification":
+        classes = np.unique(bank.data.labels[rows["item"].to_numpy()])
+        items = np.concatenate([bank.items_of_class[c] for c in classes])
+    else:
+        items = bank.items_of_env[str(rows["environment"].iloc[0])]
+    if len(items) > OPTIMAL_MAX_ITEMS:
+        items = np.sort(np.random.default_rng(episode).choice(items, OPTIMAL_MAX_ITEMS, replace=False))
+    return items
+
+
+def all_data_loss(learner, sub, w: torch.Tensor) -> torch.Tensor:
+    """Loss on the subtask's query set (here: all of its data) after the head adapts on the
+    support set under channel weights w (second order, so w gets the full gradient)."""
+    out = learner.query_output(sub, w, learner.hp["inner_steps"], first_order=False)
+    return learner.task_specs[sub.task].loss(out, sub.query_y)
+
+
+def optimal_weights(learner, sub, steps: int, lr: float) -> torch.Tensor:
+    """Channel weights learned alone, the model frozen: w = tanh(v) minimises `all_data_loss`
+    by Adam from v = 0 (the unmodulated network)."""
+    for p in learner.parameters():
+        p.requires_grad_(False)
+    v = torch.zeros(len(learner.backbone(sub.task).blocks) * learner.filters, requires_grad=True)
+    opt = torch.optim.Adam([v], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        all_data_loss(learner, sub, torch.tanh(v)).backward()
+        opt.step()
+    return torch.tanh(v).detach()
+
+
+@register_analysis("optimal-attention")
+def optimal_attention(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    from mtml.multitask.data import manifest_subtasks
+
+    plt = _pyplot()
+    torch.manual_seed(0)
+    results = []
+    for exp in _multitask_experiments(params, "optimal-attention"):
+        bank, mt = _bank(params, exp, metrics_root)
+        for meth in _modulated_methods(params, "optimal-attention"):
+            learner = _trained(params, exp, meth, metrics_root)
+            blocks = len(learner.backbone(mt.task_names[0]).blocks)
+            fig, axes = plt.subplots(len(mt.tasks), blocks, figsize=(3.2 * blocks, 2.4 * len(mt.tasks)),
+                                     squeeze=False)
+            for ti, task in enumerate(mt.tasks):
+                manifest = _test_manifest(metrics_root, exp, task.name)
+                for n, (ep, sub) in enumerate(manifest_subtasks(bank, task, manifest)):
+                    if n == OPTIMAL_SUBTASKS:
+                        break
+                    with torch.no_grad():
+                        predicted, _ = learner.channel_weights(sub, sample=False)
+                    items = subtask_all_items(bank, task, manifest, ep)
+                    if task.kind == "classification":  # labels as in the subtask: class -> label
+                        rows = manifest[manifest["episode"] == ep]
+                        to_label = dict(zip(bank.data.labels[rows["item"].to_numpy()], rows["label"]))
+                        all_y = torch.as_tensor([to_label[c] for c in bank.data.labels[items]])
+                    else:
+                        all_y = bank.gather_y(task.name, items)
+                    whole = type(sub)(sub.task, sub.support_x, sub.support_y, bank.gather_x(items), all_y,
+                                      sub.environment, sub.ways)
+                    best = optimal_weights(learner, whole, OPTIMAL_STEPS, OPTIMAL_LR)
+                    losses = {f"loss_{k}": round(float(all_data_loss(learner, whole, w).detach()), 6)
+                              for k, w in (("unmodulated", torch.zeros_like(best)), ("predicted", predicted),
+                                           ("optimal", best))}
+                    per_block = [_cosine(predicted.view(blocks, -1)[b], best.view(blocks, -1)[b])
+                                 for b in range(blocks)]
+                    results.append({"experiment": exp, "method": meth, "task": task.name, "episode": ep,
+                                    "environment": sub.environment, "cosine": round(_cosine(predicted, best), 4),
+                                    "cosine_per_block": [round(c, 4) for c in per_block], **losses})
+                    if n == 0:
+                        for b in range(blocks):
+                            ax = axes[ti, b]
+                            ax.plot(predicted.view(blocks, -1)[b].numpy(), label="predicted", marker=".")
+                            ax.plot(best.view(blocks, -1)[b].numpy(), label="optimal", marker=".")
+                            ax.set_title(f"{task.name} block {b + 1}: cos {per_block[b]:.2f}", fontsize=8)
+                            ax.set_xlabel("channel", fontsize=7)
+                            ax.tick_params(labelsize=6)
+                axes[ti, 0].set_ylabel("w")
+            axes[0, 0].legend(fontsize=7)
+            _save_figure(fig, Path(out_dir) / f"{exp}-{meth}.png")
+    frame = pd.DataFrame(results)
+    summary = (frame.groupby(["experiment", "method", "task"])
+               [["cosine", "loss_unmodulated", "loss_predicted", "loss_optimal"]].mean().round(5).reset_index())
+    write_json(Path(out_dir) / "optimal_attention.json",
+               {"steps": OPTIMAL_STEPS, "lr": OPTIMAL_LR, "max_items": OPTIMAL_MAX_ITEMS, "subtasks": results,
+                "mean_cosine": summary.to_dict("records")})
+
+
+# --------------------------------------------------------------------------- attention weights
+
+
+def predicted_weights(learner, bank, task, manifest: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """[subtasks, blocks * channels] predicted weights and each subtask's environment."""
+    from mtml.multitask.data import manifest_subtasks
+
+    ws, envs = [], []
+    with torch.no_grad():
+        for _, sub in manifest_subtasks(bank, task, manifest):
+            ws.append(learner.channel_weights(sub, sample=False)[0].numpy())
+            envs.append(sub.environment)
+    return np.stack(ws), envs
+
+
+@register_analysis("attention-weights")
+def attention_weights(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    plt = _pyplot()
+    stats = []
+    for exp in _multitask_experiments(params, "attention-weights"):
+        bank, mt = _bank(params, exp, metrics_root)
+        for meth in _modulated_methods(params, "attention-weights"):
+            learner = _trained(params, exp, meth, metrics_root)
+            blocks, channels = len(learner.backbone(mt.task_names[0]).blocks), learner.filters
+            fig, axes = plt.subplots(len(mt.tasks), 1, figsize=(9, 2.2 * len(mt.tasks)), squeeze=False)
+            means, arrays = {}, {}
+            for ti, task in enumerate(mt.tasks):
+                w, envs = predicted_weights(learner, bank, task, _test_manifest(metrics_root, exp, task.name))
+                arrays[task.name] = w
+                means[task.name] = w.mean(0)
+                ax = axes[ti, 0]
+                for b in range(blocks):
+                    cols = np.arange(b * channels, (b + 1) * channels)
+                    ax.scatter(np.tile(cols, len(w)), w[:, cols].reshape(-1), s=3, alpha=0.25,
+                               color=f"C{b}", label=f"block {b + 1}")
+                ax.set_title(f"{exp}/{meth}: {task.name} ({len(w)} test subtasks)", fontsize=9)
+                ax.set_ylabel("w")
+                per_block = w.reshape(len(w), blocks, channels)
+                stats.append({"experiment": exp, "method": meth, "task": task.name, "subtasks": len(w),
+                              "block_mean": per_block.mean((0, 2)).round(5).tolist(),
+                              "block_std_across_subtasks": per_block.std(0).mean(1).round(5).tolist(),
+                              "environments": len(set(envs))})
+            axes[0, 0].legend(fontsize=7, markerscale=3, ncol=blocks)
+            axes[-1, 0].set_xlabel("channel (blocks in order)")
+            _save_figure(fig, Path(out_dir) / f"{exp}-{meth}.png")
+            np.savez_compressed(Path(out_dir) / f"{exp}-{meth}.npz", **arrays)
+            names = list(means)
+            similarity = {a: {b: round(_cosine(torch.from_numpy(means[a]), torch.from_numpy(means[b])), 4)
+                              for b in names} for a in names}
+            stats.append({"experiment": exp, "method": meth, "task_mean_cosine": similarity})
+    write_json(Path(out_dir) / "attention_weights.json", stats)
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def _speed_learners(params: dict, exp: str, mt, image_shape) -> dict[str, object]:
+    """The first AM method of params (a multi-meta-task one if any) and a MAML-style twin
+    (params' mt-maml, else one with the AM's backbone and inner-loop settings), plus the
+    first mt-anil for reference."""
+    from mtml.methods import resolve_hparams
+    from mtml.multitask.learners import MultiTaskAM, MultiTaskANIL, MultiTaskMAML
+
+    chosen: dict[str, tuple[str, type, dict]] = {}
+    methods = sorted(params["methods"], key=lambda m: _hparams(params, m)[1].get("tasks") != "multi")
+    for meth in methods:  # stable: multi-meta-task methods first, then params order
+        cls, hp = _hparams(params, meth)
+        for role, kind in (("am", MultiTaskAM), ("maml", MultiTaskMAML), ("anil", MultiTaskANIL)):
+            if cls is kind and role not in chosen:
+                chosen[role] = (meth, cls, hp)
+    if "am" not in chosen:
+        raise UserError("analysis 'multitask-speed' needs a method with algorithm mt-am in params 'methods'")
+    if "maml" not in chosen:
+        am_hp = chosen["am"][2]
+        keys = ("filters", "tasks", "inner_steps", "eval_inner_steps", "first_order", "inner_lr")
+        cls, hp = resolve_hparams("maml-twin", {"algorithm": "mt-maml", **{k: am_hp[k] for k in keys}})
+        chosen["maml"] = ("mt-maml (built)", cls, hp)
+    ways = params["experiments"][exp]["ways"]
+    out = {}
+    for role, (meth, cls, hp) in chosen.items():
+        torch.manual_seed(0)
+        out[role] = (meth, cls(hp, image_shape, ways, mt.tasks))
+    return out
+
+
+def time_learner(learner, batches: list[dict], test_subtasks: list) -> dict[str, float]:
+    """Median seconds per subtask of a meta-update and of inference."""
+    opt = learner.make_optimizer(1e-3)
+    per_update = sum(len(v) for v in batches[0].values())
+    learner.train_step(batches[0], opt, None)  # warm-up
+    train = []
+    for batch in batches[1:]:
+        t0 = time.perf_counter()
+        learner.train_step(batch, opt, None)
+        train.append((time.perf_counter() - t0) / per_update)
+    learner.eval()
+    infer = []
+    with torch.no_grad():
+        for sub in test_subtasks:
+            t0 = time.perf_counter()
+            learner.predict(sub)
+            infer.append(time.perf_counter() - t0)
+    learner.train()
+    return {"train_seconds_per_subtask": float(np.median(train)),
+            "inference_seconds_per_subtask": float(np.median(infer))}
+
+
+@register_analysis("multitask-speed")
+def multitask_speed(params: dict, metrics_root: Path, out_dir: Path) -> None:
+    from mtml.multitask.data import SubtaskStream, manifest_subtasks
+
+    plt = _pyplot()
+    results = []
+    for exp in _multitask_experiments(params, "multitask-speed"):
+        bank, mt = _bank(params, exp, metrics_root)
+        stream = SubtaskStream(bank, mt.tasks, mt.shape, seed=0)
+        batches = [stream.batch(1) for _ in range(SPEED_REPEATS + 1)]
+        tests = []
+        for task in mt.tasks:
+            subs = manifest_subtasks(bank, task, _test_manifest(metrics_root, exp, task.name))
+            tests += [sub for _, (_, sub) in zip(range(SPEED_SUBTASKS), subs)]
+        timings = {}
+        for role, (meth, learner) in _speed_learners(params, exp, mt, bank.image_shape).items():
+            timings[role] = {"method": meth, **time_learner(learner, batches, tests)}
+            run = Path(metrics_root) / "runs" / exp / meth / "timing_train.json"
+            if run.exists():  # the real training run's wall time, for context
+                timings[role]["run_train_seconds"] = json.loads(run.read_text())["train_seconds"]
+        am, maml = timings["am"], timings["maml"]
+        results.append({
+            "experiment": exp, "device": "cpu", "threads": torch.get_num_threads(), "timings": timings,
+            "train_speedup_am_vs_maml": round(maml["train_seconds_per_subtask"] / am["train_seconds_per_subtask"], 3),
+            "inference_speedup_am_vs_maml": round(
+                maml["inference_seconds_per_subtask"] / am["inference_seconds_per_subtask"], 3),
+            "paper": {"train_speedup": 1.7, "inference_speedup": 2.3}})
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+        for ax, key, title in ((axes[0], "train_seconds_per_subtask", "meta-training"),
+                               (axes[1], "inference_seconds_per_subtask", "inference")):
+            roles = list(timings)
+            ax.bar([timings[r]["method"] for r in roles], [1000 * timings[r][key] for r in roles],
+                   color=[f"C{i}" for i in range(len(roles))])
+            ax.set_title(f"{exp}: {title}", fontsize=9)
+            ax.set_ylabel("ms per subtask")
+            ax.tick_params(axis="x", rotation=20, labelsize=7)
+        _save_figure(fig, Path(out_dir) / f"{exp}.png")
+    write_json(Path(out_dir) / "speed.json", results)

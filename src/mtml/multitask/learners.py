@@ -1,0 +1,293 @@
+"""Multi-task meta-learners (Lekkala & Itti): multi-task ANIL, AM, P-AM and full adaptation.
+
+One Conv-4 backbone is shared by all high-level tasks (`tasks: multi`), or each task gets
+its own (`tasks: single`, the paper's single-meta-task rows). Every task j has a head phi_j:
+a linear layer for classification and vanishing points, a conv-transpose decoder for depth
+and normals. Per subtask (paper eq. 2-3) the head is adapted on the support set by the
+shared inner loop (`inner_loop.adapt`) while the backbone stays fixed; the outer loss is
+the sum over tasks of the mean query loss over a task's subtasks (eq. 4), weighted by fixed
+per-task weights or by learned uncertainties (Kendall et al. 2018, see `combine`).
+
+- `mt-anil`: the above.
+- `mt-am`: a `FeatureModulator` h_j per task reads the support set's (embedding, label)
+  tokens and gives channel weights w; the backbone runs again with each block's channels
+  scaled by (1 - w) and the head adapts on the modulated embeddings. The modulators Psi_j
+  have their own learning rate `attention_lr` (gamma, eq. 5).
+- `mt-pam`: the same with a `ProbabilisticFeatureModulator`: training samples w from the
+  posterior q(z_w | query set) and adds `kl_weight` * KL[q || p(z_w | support set)] (ELBO,
+  section 4.2); evaluation uses the prior's mean.
+- `mt-maml`: MAML-style full adaptation (backbone and head in the inner loop), the speed
+  baseline of the paper's comparison.
+
+`pretrained_heads` lists tasks whose head is not adapted per subtask but trained across all
+domains by the outer loop (paper Fig. 4b); classification cannot be one (its labels are
+per-subtask).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from mtml.errors import UserError
+from mtml.methods.base import MetaLearner, register
+from mtml.methods.inner_loop import adapt, named_params, sgd_update
+from mtml.models.attention_modulator import (
+    FeatureModulator,
+    ProbabilisticFeatureModulator,
+    gaussian_kl,
+    modulation_hook,
+)
+from mtml.models.conv4 import Conv4
+from mtml.models.dense_heads import ConvDecoder, LabelCompressor
+from mtml.multitask.data import Subtask
+from mtml.multitask.tasks import TASKS, TaskSpec
+
+BASE_DEFAULTS = {
+    "filters": 32,
+    "tasks": "multi",            # multi: one backbone for all tasks | single: one per task
+    "loss_weighting": "fixed",   # fixed | uncertainty (learned per-task log variances)
+    "task_weights": {},          # fixed weights per task (default 1)
+    "inner_lr": {},              # one number, or numbers per task (defaults in multitask/tasks.py)
+    "inner_steps": 5,
+    "eval_inner_steps": 10,
+    "first_order": False,
+    "pretrained_heads": [],      # tasks whose head is trained across domains, not adapted
+}
+AM_DEFAULTS = {**BASE_DEFAULTS, "attention_lr": 0.001, "attention_dim": 64, "attention_blocks": 2}
+PAM_DEFAULTS = {**AM_DEFAULTS, "kl_weight": 0.01}
+
+
+def check_hparams(method: str, hp: dict, task_names: list[str]) -> None:
+    """Raise UserError naming `methods.<method>.<key>` for a bad multitask hyperparameter."""
+    key = lambda k: f"params key 'methods.{method}.{k}'"  # noqa: E731
+    if hp["tasks"] not in ("multi", "single"):
+        raise UserError(f"{key('tasks')} is {hp['tasks']!r}; allowed: multi, single")
+    if hp["loss_weighting"] not in ("fixed", "uncertainty"):
+        raise UserError(f"{key('loss_weighting')} is {hp['loss_weighting']!r}; allowed: fixed, uncertainty")
+    if not isinstance(hp["filters"], int) or isinstance(hp["filters"], bool) or hp["filters"] < 1:
+        raise UserError(f"{key('filters')} must be a positive integer; got {hp['filters']!r}")
+    for k in ("inner_steps", "eval_inner_steps"):
+        if not isinstance(hp[k], int) or isinstance(hp[k], bool) or hp[k] < 0:
+            raise UserError(f"{key(k)} must be an integer >= 0; got {hp[k]!r}")
+
+    def per_task(k: str, value) -> None:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = {}
+        if not isinstance(value, dict):
+            raise UserError(f"{key(k)} must be a number or a mapping task -> number; got {value!r}")
+        for name, v in value.items():
+            if name not in task_names:
+                raise UserError(f"{key(k)} names task {name!r}; the experiment's tasks: {', '.join(task_names)}")
+            if not isinstance(v, numbers.Real) or isinstance(v, bool) or v < 0:
+                raise UserError(f"{key(k)}.{name} must be a number >= 0; got {v!r}")
+
+    per_task("inner_lr", hp["inner_lr"])
+    per_task("task_weights", hp["task_weights"])
+    heads = hp["pretrained_heads"]
+    if not isinstance(heads, list) or any(h not in task_names for h in heads):
+        raise UserError(f"{key('pretrained_heads')} must list tasks of the experiment "
+                        f"({', '.join(task_names)}); got {heads!r}")
+    if "classification" in heads:
+        raise UserError(f"{key('pretrained_heads')} cannot hold classification: its labels differ "
+                        f"in every subtask, so its head must adapt")
+
+
+def feature_shape(backbone: Conv4, image_shape) -> tuple[int, int, int]:
+    """(channels, h, w) of the backbone's last block for images of `image_shape`."""
+    with torch.no_grad():
+        x = torch.zeros(2, *image_shape)
+        for block in backbone.blocks:
+            x = block(x)
+    return tuple(x.shape[1:])
+
+
+class TaskNet(nn.Module):
+    """Backbone (optionally modulated) then head; what full adaptation adapts."""
+
+    def __init__(self, backbone: Conv4, head: nn.Module, w: Tensor | None):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.hook = modulation_hook(w, backbone.filters)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x, block_hook=self.hook))
+
+
+class MultiTaskLearner(MetaLearner):
+    defaults = BASE_DEFAULTS
+    modulator_cls: type[FeatureModulator] | None = None
+    adapt_backbone = False
+
+    def __init__(self, hp: dict, image_shape, ways: int, tasks: list[TaskSpec] | None = None):
+        if tasks is None:
+            raise UserError(f"algorithm {self.algorithm!r} needs an experiment of kind multitask "
+                            f"(experiments.<name>.kind: multitask)")
+        super().__init__(hp, image_shape, ways)
+        self.task_specs = {t.name: t for t in tasks}
+        self.filters = hp["filters"]
+        towers = ["shared"] if hp["tasks"] == "multi" else list(self.task_specs)
+        self.backbones = nn.ModuleDict({k: Conv4(image_shape[0], self.filters) for k in towers})
+        fshape = feature_shape(next(iter(self.backbones.values())), image_shape)
+        self.embed_dim = math.prod(fshape)
+        size = tuple(image_shape[1:])
+        self.heads = nn.ModuleDict()
+        for t in tasks:
+            if t.kind == "dense":
+                self.heads[t.name] = ConvDecoder(fshape, t.channels, size)
+            else:
+                self.heads[t.name] = nn.Linear(self.embed_dim, ways if t.kind == "classification" else t.channels)
+        if self.modulator_cls is not None:
+            self.modulators = nn.ModuleDict()
+            for t in tasks:
+                encoder = LabelCompressor(t.channels, size) if t.kind == "dense" else None
+                label_dim = encoder.out_dim if encoder else (ways if t.kind == "classification" else t.channels)
+                self.modulators[t.name] = self.modulator_cls(
+                    self.embed_dim, label_dim, len(self.backbone(t.name).blocks), self.filters,
+                    hp["attention_dim"], hp["attention_blocks"], encoder)
+        if hp["loss_weighting"] == "uncertainty":
+            self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
+
+    # ------------------------------------------------------------------ pieces
+
+    def backbone(self, task: str) -> Conv4:
+        return self.backbones["shared" if "shared" in self.backbones else task]
+
+    def embed(self, x: Tensor, task: str | None = None, w: Tensor | None = None) -> Tensor:
+        task = task or next(iter(self.task_specs))
+        return self.backbone(task)(x, block_hook=modulation_hook(w, self.filters))
+
+    def inner_lr(self, task: str) -> float:
+        lr = self.hp["inner_lr"]
+        if isinstance(lr, numbers.Real):
+            return float(lr)
+        return float(lr.get(task, TASKS[task].inner_lr))
+
+    def label_vectors(self, sub: Subtask, y: Tensor) -> Tensor:
+        if self.task_specs[sub.task].kind == "classification":
+            return F.one_hot(y, self.ways).float()
+        return y
+
+    def channel_weights(self, sub: Subtask, sample: bool) -> tuple[Tensor | None, Tensor]:
+        """(w or None, KL term). AM: w from the support set. P-AM: w sampled from the
+        query-set posterior when `sample` (training), else the support-set prior's mean."""
+        zero = sub.support_x.new_zeros(())
+        if self.modulator_cls is None:
+            return None, zero
+        mod = self.modulators[sub.task]
+        support = (self.embed(sub.support_x, sub.task), self.label_vectors(sub, sub.support_y))
+        if not mod.probabilistic:
+            return mod(*support), zero
+        mean_p, log_std_p = mod.distribution(*support)
+        if not sample:
+            return torch.tanh(mean_p), zero
+        mean_q, log_std_q = mod.distribution(self.embed(sub.query_x, sub.task), self.label_vectors(sub, sub.query_y))
+        return mod.sample(mean_q, log_std_q), gaussian_kl(mean_q, log_std_q, mean_p, log_std_p)
+
+    def query_output(self, sub: Subtask, w: Tensor | None, steps: int, first_order: bool) -> Tensor:
+        """Adapt on the support set under channel weights w; return the query predictions."""
+        spec = self.task_specs[sub.task]
+        head = self.heads[sub.task]
+        if self.adapt_backbone:
+            module = TaskNet(self.backbone(sub.task), head, w)
+            s_in, q_in = sub.support_x, sub.query_x
+            params = named_params(module)
+        else:
+            module = head
+            s_in, q_in = self.embed(sub.support_x, sub.task, w), self.embed(sub.query_x, sub.task, w)
+            params = named_params(head)
+        frozen = {}
+        if sub.task in self.hp["pretrained_heads"]:  # trained across domains: not in the inner loop
+            frozen = {k: v for k, v in params.items() if module is head or k.startswith("head.")}
+            params = {k: v for k, v in params.items() if k not in frozen}
+        if params and steps:
+            params = adapt(module, params, s_in, sub.support_y, steps, sgd_update(self.inner_lr(sub.task)),
+                           first_order=first_order, loss_fn=spec.loss, frozen=frozen)
+        return functional_call(module, {**frozen, **params}, (q_in,))
+
+    def combine(self, task_losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Total loss and the effective weight of each task.
+
+        Uncertainty (Kendall et al. 2018, s = log sigma^2 learned per task): a regression
+        loss counts 0.5 exp(-s) L + 0.5 s, a classification loss exp(-s) L + 0.5 s.
+        """
+        if self.hp["loss_weighting"] == "uncertainty":
+            s = dict(zip(self.task_specs, self.log_vars))
+            factor = {k: 1.0 if self.task_specs[k].kind == "classification" else 0.5 for k in task_losses}
+            total = sum(factor[k] * torch.exp(-s[k]) * v + 0.5 * s[k] for k, v in task_losses.items())
+            return total, {k: factor[k] * float(torch.exp(-s[k].detach())) for k in task_losses}
+        weights = {k: float(self.hp["task_weights"].get(k, 1.0)) for k in task_losses}
+        return sum(weights[k] * v for k, v in task_losses.items()), weights
+
+    # ------------------------------------------------------------------ MetaLearner API
+
+    def meta_loss(self, batch: dict[str, list[Subtask]]) -> tuple[Tensor, dict]:
+        task_losses, attention, accs = {}, {}, []
+        for task, subs in batch.items():
+            spec, losses = self.task_specs[task], []
+            for sub in subs:
+                w, kl = self.channel_weights(sub, sample=True)
+                out = self.query_output(sub, w, self.hp["inner_steps"], self.hp["first_order"])
+                losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl)
+                if spec.kind == "classification":
+                    accs.append(float((out.argmax(-1) == sub.query_y).float().mean()))
+                if w is not None:
+                    attention.setdefault(task, []).append(w.detach().view(-1, self.filters).mean(1))
+            task_losses[task] = torch.stack(losses).mean()
+        total, weights = self.combine(task_losses)
+        trace = {"task_loss": {k: round(float(v.detach()), 6) for k, v in task_losses.items()},
+                 "task_weight": {k: round(v, 6) for k, v in weights.items()}}
+        if attention:  # mean weight per block, per task: how far modulation moves from identity
+            trace["attention_block_mean"] = {k: [round(float(x), 6) for x in torch.stack(v).mean(0)]
+                                             for k, v in attention.items()}
+        stats = {"trace": trace}
+        if accs:
+            stats["acc"] = sum(accs) / len(accs)
+        return total, stats
+
+    def subtask_embeddings(self, sub: Subtask) -> tuple[Tensor, Tensor]:
+        """Support and query embeddings under the subtask's channel weights (NIL metric)."""
+        w, _ = self.channel_weights(sub, sample=False)
+        return self.embed(sub.support_x, sub.task, w), self.embed(sub.query_x, sub.task, w)
+
+    def predict(self, sub: Subtask) -> Tensor:
+        w, _ = self.channel_weights(sub, sample=False)
+        return self.query_output(sub, w, self.hp["eval_inner_steps"], first_order=True).detach()
+
+    def make_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
+        """Adam; the modulators Psi_j get their own learning rate gamma (eq. 5)."""
+        mod = {id(p) for p in self.modulators.parameters()} if self.modulator_cls else set()
+        groups = [{"params": [p for p in self.parameters() if id(p) not in mod]}]
+        if mod:
+            groups.append({"params": list(self.modulators.parameters()), "lr": self.hp["attention_lr"]})
+        return torch.optim.Adam(groups, lr=meta_lr)
+
+
+@register("mt-anil")
+class MultiTaskANIL(MultiTaskLearner):
+    pass
+
+
+@register("mt-am")
+class MultiTaskAM(MultiTaskLearner):
+    defaults = AM_DEFAULTS
+    modulator_cls = FeatureModulator
+
+
+@register("mt-pam")
+class MultiTaskPAM(MultiTaskLearner):
+    defaults = PAM_DEFAULTS
+    modulator_cls = ProbabilisticFeatureModulator
+
+
+@register("mt-maml")
+class MultiTaskMAML(MultiTaskLearner):
+    adapt_backbone = True
+
+
+ALGORITHMS = ("mt-anil", "mt-am", "mt-pam", "mt-maml")

@@ -1,0 +1,480 @@
+"""Multi-task meta-learning (Lekkala & Itti): modulation, inner/outer loops, P-AM, loss
+balancing, the `multitask` kind end to end, and its analyses."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import mtml.multitask.learners as learners_mod
+from mtml.errors import UserError
+from mtml.methods import build, resolve_hparams
+from mtml.methods.inner_loop import named_params
+from mtml.models.attention_modulator import (
+    FeatureModulator,
+    ProbabilisticFeatureModulator,
+    gaussian_kl,
+    modulation_hook,
+)
+from mtml.models.conv4 import Conv4
+from mtml.models.dense_heads import ConvDecoder, LabelCompressor
+from mtml.multitask.data import Subtask
+from mtml.multitask.tasks import TASKS
+from mtml.params import validate
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_ops():
+    # Tiny convolutions run several times faster on one thread without oneDNN; restore both.
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = mkldnn
+
+
+SHAPE = (3, 16, 16)
+WAYS = 3
+ALL_TASKS = [TASKS[n] for n in ("classification", "depth", "normals", "vanishing_point")]
+
+
+def _learner(algorithm: str, **hp):
+    cls, full = resolve_hparams(algorithm, {"filters": 8, "inner_steps": 2, **hp})
+    torch.manual_seed(0)
+    return cls(full, SHAPE, WAYS, ALL_TASKS)
+
+
+def _targets(task: str, n: int, g: torch.Generator) -> torch.Tensor:
+    if task == "classification":
+        return torch.arange(WAYS).repeat_interleave(n // WAYS)
+    if task == "depth":
+        return 0.5 + torch.rand(n, 1, *SHAPE[1:], generator=g)
+    if task == "normals":
+        return F.normalize(torch.randn(n, 3, *SHAPE[1:], generator=g), dim=1)
+    return F.normalize(torch.randn(n, 3, 3, generator=g), dim=-1).flatten(1)
+
+
+def _subtask(task: str, seed: int = 0) -> Subtask:
+    g = torch.Generator().manual_seed(seed)
+    return Subtask(task, torch.rand(6, *SHAPE, generator=g), _targets(task, 6, g),
+                   torch.rand(6, *SHAPE, generator=g), _targets(task, 6, g), "env00", WAYS)
+
+
+def _batch(tasks=None, seed=0):
+    return {t.name: [_subtask(t.name, seed), _subtask(t.name, seed + 1)] for t in ALL_TASKS
+            if tasks is None or t.name in tasks}
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def test_zero_weights_leave_the_network_exactly_unchanged():
+    torch.manual_seed(0)
+    net = Conv4(3, 8)
+    x = torch.rand(5, *SHAPE)
+    w = torch.zeros(4 * 8)
+    assert torch.equal(net(x, block_hook=modulation_hook(w, 8)), net(x))
+    # A fresh modulator outputs w = 0 exactly, so a fresh AM model is the plain model.
+    learner = _learner("mt-am")
+    for task in ("classification", "depth"):
+        sub = _subtask(task)
+        w, _ = learner.channel_weights(sub, sample=False)
+        assert torch.equal(w, torch.zeros_like(w))
+        assert torch.equal(learner.embed(sub.query_x, task, w), learner.embed(sub.query_x, task))
+
+
+def test_modulation_scales_each_block_channel_by_one_minus_w():
+    torch.manual_seed(0)
+    net = Conv4(3, 8)
+    x = torch.rand(4, *SHAPE)
+    w = torch.zeros(4 * 8)
+    w[3 * 8 + 2] = 0.75  # last block, channel 2
+    plain = net(x).view(4, 8, 1, 1)
+    mod = net(x, block_hook=modulation_hook(w, 8)).view(4, 8, 1, 1)
+    assert torch.allclose(mod[:, 2], 0.25 * plain[:, 2])
+    keep = [c for c in range(8) if c != 2]
+    assert torch.equal(mod[:, keep], plain[:, keep])
+
+
+def test_decoder_restores_the_image_size_and_compressor_gives_a_vector():
+    feats = torch.rand(2, 8 * 1 * 1)
+    assert ConvDecoder((8, 1, 1), 3, (16, 16))(feats).shape == (2, 3, 16, 16)
+    assert ConvDecoder((8, 5, 5), 1, (84, 84))(torch.rand(2, 200)).shape == (2, 1, 84, 84)
+    comp = LabelCompressor(3, (16, 16))
+    assert comp(torch.rand(2, 3, 16, 16)).shape == (2, comp.out_dim) and comp.out_dim == 4 * 2 * 2
+
+
+def test_attention_modulator_is_permutation_invariant_over_the_support_set():
+    torch.manual_seed(0)
+    mod = FeatureModulator(10, 3, 4, 8, dim=16)
+    torch.nn.init.normal_(mod.out.weight)
+    emb, lab = torch.rand(6, 10), torch.rand(6, 3)
+    perm = torch.randperm(6)
+    w = mod(emb, lab)
+    assert w.shape == (32,) and (w.abs() < 1).all()
+    assert torch.allclose(w, mod(emb[perm], lab[perm]), atol=1e-6)
+
+
+def test_pam_kl_is_zero_for_equal_gaussians_and_positive_otherwise():
+    torch.manual_seed(0)
+    m, s = torch.randn(12), 0.3 * torch.randn(12)
+    assert gaussian_kl(m, s, m, s) == 0
+    for m2, s2 in ((m + 0.1, s), (m, s - 0.2), (torch.randn(12), torch.randn(12))):
+        kl = gaussian_kl(m, s, m2, s2)
+        ref = torch.distributions.kl_divergence(torch.distributions.Normal(m, s.exp()),
+                                                torch.distributions.Normal(m2, s2.exp())).sum()
+        assert kl > 0 and torch.isclose(kl, ref, rtol=1e-5)
+
+
+def test_pam_trains_on_posterior_samples_and_tests_with_the_prior_mean():
+    learner = _learner("mt-pam")
+    mod = learner.modulators["vanishing_point"]
+    assert isinstance(mod, ProbabilisticFeatureModulator)
+    torch.nn.init.normal_(mod.out.weight, std=0.1)
+    sub = _subtask("vanishing_point")
+    w_test, kl_test = learner.channel_weights(sub, sample=False)
+    mean_p, _ = mod.distribution(learner.embed(sub.support_x, sub.task), sub.support_y)
+    assert torch.equal(w_test, torch.tanh(mean_p)) and kl_test == 0
+    w1, kl = learner.channel_weights(sub, sample=True)
+    w2, _ = learner.channel_weights(sub, sample=True)
+    assert kl > 0 and not torch.equal(w1, w2)  # a sample of q(z | query set), not p's mean
+
+
+# --------------------------------------------------------------------------- loops
+
+
+@pytest.mark.parametrize("algorithm", ["mt-anil", "mt-am"])
+def test_heads_adapt_in_the_inner_loop_while_the_backbone_stays_fixed(algorithm, monkeypatch):
+    learner = _learner(algorithm)
+    calls = []
+    real_adapt = learners_mod.adapt
+
+    def spy(module, params, *args, **kwargs):
+        new = real_adapt(module, params, *args, **kwargs)
+        calls.append((module, dict(params), new))
+        return new
+
+    monkeypatch.setattr(learners_mod, "adapt", spy)
+    before = copy.deepcopy(learner.backbones.state_dict())
+    loss, _ = learner.meta_loss(_batch())
+    assert len(calls) == 8  # 4 tasks x 2 subtasks
+    heads = set(learner.heads.values())
+    for module, params, new in calls:
+        assert module in heads  # only a head is adapted, never the backbone
+        assert set(new) == set(params) == set(named_params(module))
+        assert any(not torch.equal(new[k], params[k]) for k in new)
+    loss.backward()
+    for k, v in learner.backbones.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_full_adaptation_adapts_the_backbone_too(monkeypatch):
+    learner = _learner("mt-maml", inner_steps=1)
+    seen = []
+    real_adapt = learners_mod.adapt
+    monkeypatch.setattr(learners_mod, "adapt", lambda m, p, *a, **k: seen.append(set(p)) or real_adapt(m, p, *a, **k))
+    learner.meta_loss(_batch(["depth"]))
+    assert all(any(k.startswith("backbone.") for k in keys) and any(k.startswith("head.") for k in keys)
+               for keys in seen)
+
+
+@pytest.mark.parametrize("algorithm", ["mt-anil", "mt-am", "mt-pam"])
+def test_the_backbone_gets_gradients_from_every_tasks_query_loss(algorithm):
+    learner = _learner(algorithm)
+    for task in ("classification", "depth", "normals", "vanishing_point"):
+        learner.zero_grad(set_to_none=True)
+        loss, _ = learner.meta_loss(_batch([task]))
+        loss.backward()
+        grads = [p.grad for p in learner.backbones.parameters()]
+        assert all(g is not None for g in grads), task
+        assert sum(float(g.abs().sum()) for g in grads) > 0, task
+        if algorithm != "mt-anil":  # the modulator learns from the query loss too
+            assert learner.modulators[task].out.weight.grad.abs().sum() > 0, task
+
+
+def test_single_meta_task_gives_each_task_its_own_backbone():
+    learner = _learner("mt-anil", tasks="single")
+    assert set(learner.backbones) == {t.name for t in ALL_TASKS}
+    loss, _ = learner.meta_loss(_batch(["depth"]))
+    loss.backward()
+    assert all(p.grad is not None for p in learner.backbones["depth"].parameters())
+    assert all(p.grad is None for p in learner.backbones["normals"].parameters())
+
+
+def test_pretrained_heads_are_not_adapted_but_trained_by_the_outer_loop(monkeypatch):
+    learner = _learner("mt-anil", pretrained_heads=["depth"])
+    seen = []
+    real_adapt = learners_mod.adapt
+    monkeypatch.setattr(learners_mod, "adapt", lambda m, p, *a, **k: seen.append(m) or real_adapt(m, p, *a, **k))
+    loss, _ = learner.meta_loss(_batch(["depth", "normals"]))
+    assert learner.heads["depth"] not in seen and learner.heads["normals"] in seen
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.heads["depth"].parameters())
+
+
+def test_loss_weighting_fixed_and_uncertainty():
+    losses = {"depth": torch.tensor(2.0), "normals": torch.tensor(0.5)}
+    fixed = _learner("mt-anil", task_weights={"depth": 0.5})
+    total, weights = fixed.combine(losses)
+    assert torch.isclose(total, torch.tensor(0.5 * 2.0 + 0.5)) and weights == {"depth": 0.5, "normals": 1.0}
+    unc = _learner("mt-anil", loss_weighting="uncertainty")
+    with torch.no_grad():
+        unc.log_vars.copy_(torch.tensor([0.0, 0.7, -0.3, 0.0]))  # classification, depth, normals, vp
+    total, weights = unc.combine(losses)
+    e = lambda x: torch.exp(torch.tensor(x))  # noqa: E731
+    expected = 0.5 * e(-0.7) * 2.0 + 0.5 * 0.7 + 0.5 * e(0.3) * 0.5 - 0.5 * 0.3  # regression: 1/(2 sigma^2)
+    assert torch.isclose(total, expected)
+    assert weights["depth"] == pytest.approx(0.5 * float(e(-0.7)))
+    total, weights = unc.combine({"classification": torch.tensor(1.5)})  # classification: 1/sigma^2
+    assert torch.isclose(total, torch.tensor(1.5)) and weights == {"classification": 1.0}
+
+
+def test_attention_parameters_get_their_own_learning_rate():
+    learner = _learner("mt-am", attention_lr=0.123)
+    opt = learner.make_optimizer(0.001)
+    lrs = sorted(g["lr"] for g in opt.param_groups)
+    assert lrs == [0.001, 0.123]
+    mod_ids = {id(p) for p in learner.modulators.parameters()}
+    am_group = next(g for g in opt.param_groups if g["lr"] == 0.123)
+    assert {id(p) for p in am_group["params"]} == mod_ids
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(learner.parameters()))
+
+
+def test_multitask_algorithms_refuse_fewshot_and_bad_hyperparameters():
+    with pytest.raises(UserError, match="kind multitask"):
+        build("mt-am", {"algorithm": "mt-am"}, SHAPE, 5)
+    from mtml.multitask.learners import check_hparams
+
+    _, hp = resolve_hparams("x", {"algorithm": "mt-anil", "tasks": "both"})
+    with pytest.raises(UserError, match=r"methods\.x\.tasks.*multi, single"):
+        check_hparams("x", hp, ["depth"])
+    _, hp = resolve_hparams("x", {"algorithm": "mt-anil", "pretrained_heads": ["classification"]})
+    with pytest.raises(UserError, match="pretrained_heads"):
+        check_hparams("x", hp, ["classification", "depth"])
+    _, hp = resolve_hparams("x", {"algorithm": "mt-anil", "inner_lr": {"colour": 0.1}})
+    with pytest.raises(UserError, match=r"methods\.x\.inner_lr.*colour"):
+        check_hparams("x", hp, ["depth"])
+    with pytest.raises(UserError, match=r"methods\.x\.kl_weight.*allowed"):
+        resolve_hparams("x", {"algorithm": "mt-am", "kl_weight": 1.0})
+
+
+def test_params_checks_of_the_multitask_kind():
+    base = {"datasets": {"scenes": {"source": "scenes"}},
+            "experiments": {"mt": {"kind": "multitask", "dataset": "scenes", "ways": 3, "shots": 1}},
+            "methods": {"am": {"algorithm": "mt-am"}}}
+    validate(base)
+    with pytest.raises(UserError, match=r"methods\.maml\.algorithm.*cannot run a multitask"):
+        validate({**base, "methods": {"am": {"algorithm": "mt-am"}, "maml": {}}})
+    bad = copy.deepcopy(base)
+    bad["experiments"]["mt"]["options"] = {"tasks": ["depth", "colour"]}
+    with pytest.raises(UserError, match=r"experiments\.mt\.options\.tasks.*colour"):
+        validate(bad)
+    bad["experiments"]["mt"]["options"] = {"dense_shot": 3}
+    with pytest.raises(UserError, match=r"experiments\.mt\.options\.dense_shot.*allowed"):
+        validate(bad)
+    bad["experiments"]["mt"]["options"] = {"accuracy_thresholds": {"classification": 1}}
+    with pytest.raises(UserError, match="accuracy_thresholds"):
+        validate(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_bank(tmp_path_factory):
+    from mtml.data.scenes import prepare
+    from mtml.data.storage import load_prepared
+    from mtml.multitask.data import SceneBank
+
+    out = tmp_path_factory.mktemp("scenes") / "scenes"
+    prepare("scenes", {"image_size": 16, "environments": [3, 1, 1], "room_types": [4, 3, 3],
+                       "images_per_class": 5, "supersample": 1}, out.parent / "raw", out, 0)
+    return SceneBank(load_prepared(out), ALL_TASKS, torch.device("cpu"))
+
+
+def test_subtasks_keep_to_one_environment_unless_class_scope_is_split(tiny_bank):
+    from mtml.multitask.data import Shape, build_manifest
+
+    bank = tiny_bank
+    group = bank.data.classes["group"].to_numpy()[bank.data.labels]
+    for task in ALL_TASKS:
+        m = build_manifest(bank, task, "train", Shape(3, 1, 2, 2, 3), 12, seed=1)
+        assert (m.groupby("episode")["item"].apply(lambda i: len(set(group[i]))) == 1).all()
+        assert (group[m["item"]] == m["environment"]).all()
+        assert m["environment"].nunique() == 3  # cycles through the train environments
+    split = build_manifest(bank, TASKS["classification"], "train", Shape(3, 1, 2, 2, 3, "split"), 12, seed=1)
+    assert set(split["environment"]) == {"any"}
+    assert split.groupby("episode")["item"].apply(lambda i: len(set(group[i]))).max() > 1
+
+
+def test_training_stream_resumes_from_its_state(tiny_bank):
+    from mtml.multitask.data import Shape, SubtaskStream
+
+    stream = SubtaskStream(tiny_bank, ALL_TASKS, Shape(3, 1, 2, 2, 3), seed=5)
+    stream.batch(2)
+    state = copy.deepcopy(stream.state())
+    first = stream.batch(2)
+    stream.set_state(state)
+    again = stream.batch(2)
+    for task in first:
+        for a, b in zip(first[task], again[task]):
+            assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+
+
+def test_regression_tasks_need_a_dataset_with_dense_labels(tiny_bank):
+    from mtml.data.storage import PreparedDataset
+    from mtml.multitask.data import SceneBank
+
+    d = tiny_bank.data
+    plain = PreparedDataset(d.name, d.images, d.labels, d.classes, d.meta)  # no extras
+    with pytest.raises(UserError, match="no 'depth' labels"):
+        SceneBank(plain, ALL_TASKS, torch.device("cpu"))
+    SceneBank(plain, [TASKS["classification"]], torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- the kind, end to end
+
+SCENES = {"image_size": 16, "room_types": [8, 3, 3], "images_per_class": 8}
+VARIANTS = {  # Table 1's axes: baseline / AM / P-AM, single / multi meta task, filters; loss weighting
+    "anil": {"algorithm": "mt-anil"},
+    "anil-single": {"algorithm": "mt-anil", "tasks": "single"},
+    "am": {"algorithm": "mt-am"},
+    "pam": {"algorithm": "mt-pam"},
+    "am-16-uw": {"algorithm": "mt-am", "filters": 16, "loss_weighting": "uncertainty",
+                 "pretrained_heads": ["vanishing_point"]},
+}
+PIPELINE_PARAMS = {
+    "seed": 0, "device": "cpu", "threads": 1,
+    "datasets": {"scenes": {"source": "scenes", "options": {**SCENES, "environments": [4, 1, 2]}},
+                 "scenes-shifted": {"source": "scenes", "options": {**SCENES, "style": "shifted",
+                                                                    "environments": [1, 0, 1]}}},
+    "experiments": {"mt": {"kind": "multitask", "dataset": "scenes", "cross_domain": ["scenes-shifted"],
+                           "ways": 3, "shots": 2, "queries": 3,
+                           "options": {"dense_shots": 3, "dense_queries": 3}}},
+    "methods": {k: {"filters": 8, "inner_steps": 3, "eval_inner_steps": 8, "inner_lr": {"classification": 0.4}, **v}
+                for k, v in VARIANTS.items()},
+    "training": {"iterations": 80, "meta_batch": 2, "meta_lr": 0.005, "val_interval": 40, "val_episodes": 4},
+    "evaluation": {"episodes": 24},
+    "analyses": ["multitask-table", "optimal-attention", "attention-weights", "multitask-speed"],
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, small_ops):
+    """prepare -> episodes -> train -> evaluate for every variant, plus each variant's
+    untrained (initial) test metrics on the same subtasks."""
+    from mtml.data.sources import prepare_dataset
+    from mtml.kinds import KINDS
+    from mtml.multitask.config import multitask_config
+    from mtml.multitask.data import SceneBank, read_manifest
+    from mtml.multitask.episodes import manifest_path
+    from mtml.multitask.evaluate import evaluate_subtasks
+    from mtml.multitask.train import init_learner
+
+    root = tmp_path_factory.mktemp("mt")
+    params = validate(PIPELINE_PARAMS)
+    processed, episodes = root / "data/processed", root / "data/episodes"
+    for name, cfg in params["datasets"].items():
+        prepare_dataset(name, cfg, root / "data/raw", processed, params["seed"])
+    kind = KINDS["multitask"]
+    kind.episodes(params, "mt", processed, episodes)
+    mt = multitask_config(params, "mt")
+    from mtml.data.storage import load_prepared
+
+    bank = SceneBank(load_prepared(processed / "scenes"), mt.tasks, torch.device("cpu"))
+    untrained, rows = {}, {}
+    for meth in params["methods"]:
+        model_dir, metrics_dir = root / "models/mt" / meth, root / "metrics/runs/mt" / meth
+        kind.train(params, "mt", meth, processed, episodes, model_dir, metrics_dir, torch.device("cpu"))
+        rows[meth] = kind.evaluate(params, "mt", meth, model_dir / "model.pt", processed, episodes,
+                                   metrics_dir, torch.device("cpu"))
+        learner = init_learner(params, "mt", meth, mt, bank.image_shape, "cpu")
+        untrained[meth] = {t.name: evaluate_subtasks(learner, bank, t, read_manifest(
+            manifest_path(episodes, "mt", "test", t.name)), mt.thresholds[t.name], nil=False).mean(numeric_only=True)
+            for t in mt.tasks}
+    return root, params, rows, untrained
+
+
+def _overall(root, meth, split="test"):
+    result = json.loads((root / "metrics/runs/mt" / meth / "multitask.json").read_text())
+    return {r["task"]: r for r in result["rows"] if r["environment"] == "all" and r["split"] == split}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("meth", list(VARIANTS))
+def test_each_variant_trains_and_beats_its_untrained_self_on_every_task(pipeline, meth):
+    root, _, _, untrained = pipeline
+    trained = _overall(root, meth)
+    assert trained["classification"]["accuracy"] > untrained[meth]["classification"]["accuracy"]
+    for task in ("depth", "normals", "vanishing_point"):
+        assert trained[task]["mse"] < untrained[meth][task]["mse"], task
+
+
+@pytest.mark.slow
+def test_run_outputs_follow_the_pipeline_contract(pipeline):
+    import pandas as pd
+
+    from mtml.analysis.aggregate import SummaryRows
+
+    root, params, rows, _ = pipeline
+    episodes = root / "data/episodes/mt"
+    sources = json.loads((episodes / "sources.json").read_text())
+    assert sources["tasks"] == ["classification", "depth", "normals", "vanishing_point"]
+    for prefix in ("val", "test", "cross-scenes-shifted"):
+        for task in sources["tasks"]:
+            assert (episodes / f"{prefix}-{task}.parquet").exists()
+    for meth in params["methods"]:
+        run, model = root / "metrics/runs/mt" / meth, root / "models/mt" / meth
+        assert (model / "model.pt").exists() and (model / "checkpoint.pt").exists()
+        log = pd.read_csv(run / "train_log.csv")
+        assert list(log.columns) == ["iteration", "loss", "train_accuracy", "val_accuracy"]
+        assert len(log) == 80 and log["val_accuracy"].notna().sum() == 2
+        trace = [json.loads(line) for line in (run / "trace.jsonl").read_text().splitlines()]
+        assert len(trace) == 80 and set(trace[0]["task_loss"]) == set(sources["tasks"])
+        timing = {**json.loads((run / "timing_train.json").read_text()),
+                  **json.loads((run / "timing_eval.json").read_text())}
+        # eval.json rows fit the few-shot summary schema: one per split.
+        frame = SummaryRows.validate(pd.DataFrame([{**r, **timing} for r in rows[meth]]))
+        assert list(frame["split"]) == ["test", "cross-domain"]
+        detail = json.loads((run / "multitask.json").read_text())["rows"]
+        envs = {r["environment"] for r in detail if r["split"] == "test" and r["task"] == "depth"}
+        assert envs == {"all", "env05", "env06"}  # the two test environments, and overall
+        per_subtask = pd.read_csv(run / "episodes.csv")
+        assert len(per_subtask) == 2 * 4 * 24
+    assert "attention_block_mean" in json.loads(
+        (root / "metrics/runs/mt/am/trace.jsonl").read_text().splitlines()[0])
+    uw = json.loads((root / "metrics/runs/mt/am-16-uw/trace.jsonl").read_text().splitlines()[-1])
+    assert uw["task_weight"] != {t: 1.0 for t in sources["tasks"]}  # learned weights moved
+
+
+@pytest.mark.slow
+def test_analyses_write_their_tables_and_figures(pipeline, monkeypatch):
+    import mtml.analysis.multitask as analyses
+    from mtml.analysis.registry import ANALYSES
+
+    # Fewer steps and subtasks than the defaults: enough to move w, and the test stays short.
+    monkeypatch.setattr(analyses, "OPTIMAL_STEPS", 10)
+    monkeypatch.setattr(analyses, "OPTIMAL_LR", 0.1)
+    monkeypatch.setattr(analyses, "OPTIMAL_SUBTASKS", 1)
+    monkeypatch.setattr(analyses, "SPEED_REPEATS", 3)
+    root, params, _, _ = pipeline
+    out = {}
+    for name in params["analyses"]:
+        out[name] = root / "metrics/analysis" / name
+        out[name].mkdir(parents=True)
+        ANALYSES[name](params, root / "metrics", out[name])
+    table = (out["multitask-table"] / "table.md").read_text()
+    assert all(f"| {m} |" in table for m in VARIANTS) and "cross-domain" in table
+    optimal = json.loads((out["optimal-attention"] / "optimal_attention.json").read_text())
+    assert {r["method"] for r in optimal["subtasks"]} == {"am", "pam", "am-16-uw"}
+    for r in optimal["subtasks"]:
+        assert -1 <= r["cosine"] <= 1 and len(r["cosine_per_block"]) == 4
+        assert r["loss_optimal"] <= r["loss_unmodulated"] + 1e-6  # learning w alone helps
+    assert (out["optimal-attention"] / "mt-am.png").exists()
+    weights = json.loads((out["attention-weights"] / "attention_weights.json").read_text())
+    assert any(w.get("subtasks") == 24 for w in weights)
+    speed = json.loads((out["multitask-speed"] / "speed.json").read_text())[0]
+    assert speed["timings"]["maml"]["method"] == "mt-maml (built)"
+    assert speed["train_speedup_am_vs_maml"] > 0 and speed["inference_speedup_am_vs_maml"] > 0
