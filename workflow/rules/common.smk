@@ -17,9 +17,9 @@ try:
 except UserError as err:
     raise WorkflowError(f"params: {err}")
 
-# Jobs read the same files Snakemake merged, so a stage sees exactly this config.
-# (Use --configfile for overrides; --config key=value would not reach the stages.)
-PARAMS = " ".join(["params.yaml", *map(str, workflow.overwrite_configfiles)])
+# Jobs read the same files Snakemake read (params.yaml, or the --configfile ones instead), so
+# a stage sees exactly this config. (--config key=value would not reach the stages.)
+PARAMS = " ".join(map(str, workflow.overwrite_configfiles)) or "params.yaml"
 
 # PARAMS and TORCH_THREADS are constants of a run, written into the shell commands when the
 # workflow is read (f-strings), not `params:`: those would rerun every job when merely the list
