@@ -135,3 +135,20 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
         assert (roots[0] / f).read_bytes() == (roots[1] / f).read_bytes(), f
     a, b = (torch.load(r / "models/tiny/protonet/model.pt", weights_only=False)["state"] for r in roots)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_preset_named_with_configfile_replaces_params_yaml(tmp_path):
+    """`--configfile preset.yaml` runs the preset's experiments and methods only (presets are
+    whole params files), and every stage reads the preset, not params.yaml."""
+    root = _workdir(tmp_path / "w")
+    preset = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    preset["experiments"] = {"other": {**preset["experiments"]["tiny"], "shots": 2}}
+    preset["methods"] = {"protonet": {"filters": 8}}
+    (root / "preset.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
+    dry = _run(["snakemake", "--cores", "1", "all", "-n", "--printshellcmds", "--configfile", "preset.yaml"],
+               root).stdout
+    cmds = [line[line.index("python -m mtml"):] for line in dry.splitlines() if "python -m mtml" in line]
+    runs = sorted(c for c in cmds if " train " in c or " evaluate " in c)
+    assert len(runs) == 2 and all("--experiment other --method protonet" in c for c in runs), cmds
+    # (Snakemake passes the --configfile path made absolute.)
+    assert all(f"--params {root / 'preset.yaml'} " in c for c in cmds), cmds
