@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mtml.errors import UserError
-from mtml.params import deep_merge, load, validate
+from mtml.params import deep_merge, load, method, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -53,7 +53,7 @@ def test_unknown_top_level_key():
         validate(p)
 
 
-def test_load_merges_presets_like_snakemake(tmp_path):
+def test_load_merges_several_files_in_order(tmp_path):
     over = tmp_path / "over.yaml"
     over.write_text("training: {iterations: 7}\nmethods: {maml: {inner_lr: 0.1}}\n")
     p = load([ROOT / "params.yaml", over])
@@ -94,3 +94,46 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(UserError, match="no CUDA GPU.*device: auto"):
         resolve_device("cuda")
+
+
+def _with_override(override: dict, methods: dict | None = None) -> dict:
+    p = copy.deepcopy(DEFAULT)
+    if methods is not None:
+        p["methods"] = methods
+    exp = next(iter(p["experiments"]))
+    p["experiments"][exp]["methods"] = override
+    return p, exp
+
+
+def test_an_experiment_overrides_method_hyperparameters_for_itself_only():
+    p, exp = _with_override({"maml": {"inner_steps": 2}})
+    p["experiments"]["other"] = {k: v for k, v in p["experiments"][exp].items() if k != "methods"}
+    p = validate(p)
+    assert method(p, "maml", exp)["inner_steps"] == 2
+    assert method(p, "maml", "other")["inner_steps"] == method(p, "maml")["inner_steps"] != 2
+    assert method(p, "maml", exp)["inner_lr"] == p["methods"]["maml"]["inner_lr"]
+    preset = load(ROOT / "configs/task_attention_miniimagenet.yaml")
+    assert method(preset, "ta-maml", "mini-10w5s")["inner_steps"] == 2
+    assert method(preset, "ta-maml", "tiered-10w5s")["eval_inner_steps"] == 2
+    assert method(preset, "ta-maml", "mini-5w5s")["inner_steps"] == 5
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ({"nope": {"inner_steps": 2}}, r"experiments\.[\w-]+\.methods\.nope' names method 'nope'; defined methods: "),
+    ({"maml": {"algorithm": "anil"}}, r"not its algorithm"),
+    ({"maml": {"inner_stpes": 2}}, r"inner_stpes.*as overridden by 'experiments\.[\w-]+\.methods\.maml'"),
+    ({"maml": 3}, r"methods\.maml"),
+])
+def test_bad_method_overrides_name_the_key(override, pattern):
+    p, _ = _with_override(override)
+    with pytest.raises(UserError, match=pattern):
+        validate(p)
+
+
+def test_task_attention_width_must_match_the_meta_batch_before_anything_runs():
+    p, exp = _with_override({}, methods={"ta-maml": {"filters": 8, "meta_batch": 4}})
+    p["training"]["meta_batch"] = 3
+    with pytest.raises(UserError, match=r"methods\.ta-maml\.meta_batch' is 4 .* meta-batches of 3"):
+        validate(p)
+    p["experiments"][exp]["methods"] = {"ta-maml": {"meta_batch": 3}}
+    validate(p)  # the experiment's override makes them agree

@@ -15,6 +15,7 @@ import torch
 
 from mtml.methods import build
 from mtml.methods.base import Episode
+from mtml.params import method
 from mtml.utils import resolve_device
 
 
@@ -70,9 +71,9 @@ def benchmark(params: dict, experiment: str, iterations: int = 10, episodes: int
     shape = tuple(params["experiments"][experiment].get("options", {}).get("image_shape", (1, 28, 28)))
     batch_size = params["training"]["meta_batch"]
     rows = []
-    for name, hp in params["methods"].items():
+    for name in params["methods"]:
         torch.manual_seed(0)
-        learner = build(name, hp or {}, shape, ways).to(device)
+        learner = build(name, method(params, name, experiment), shape, ways).to(device)
         rows.append({"method": name, **time_method(learner, (ways, shots, queries), shape, batch_size,
                                                    device, iterations, episodes)})
     return {

@@ -98,6 +98,7 @@ def validate(params: dict) -> dict:
 
     for name, hp in params["methods"].items():
         resolve_hparams(name, hp or {})
+    _check_method_overrides(params)
     for name in list(params["experiments"]) + list(params["methods"]) + list(datasets):
         if not name.replace("-", "").replace("_", "").replace("+", "").isalnum():
             raise UserError(f"name {name!r} in params may use letters, digits, '-', '_' and '+' only (it becomes a path)")
@@ -132,10 +133,44 @@ def experiment(params: dict, name: str) -> dict:
     return params["experiments"][name]
 
 
-def method(params: dict, name: str) -> dict:
+def method(params: dict, name: str, experiment_name: str | None = None) -> dict:
+    """A method's hyperparameters as params give them; for an experiment, with that
+    experiment's overrides (`experiments.<experiment>.methods.<name>`) applied on top."""
     if name not in params["methods"]:
         raise UserError(f"method {name!r} is not in params; defined: {', '.join(params['methods'])}")
-    return params["methods"][name] or {}
+    hp = dict(params["methods"][name] or {})
+    if experiment_name is not None:
+        hp.update(experiment(params, experiment_name).get("methods", {}).get(name) or {})
+    return hp
+
+
+def _check_method_overrides(params: dict) -> None:
+    """Experiment-level method overrides name defined methods and valid keys, and every
+    task-attention method's batch width matches the meta-batch it will be trained with."""
+    from mtml.methods import resolve_hparams
+
+    for exp_name, exp in params["experiments"].items():
+        for meth, over in exp.get("methods", {}).items():
+            key = f"experiments.{exp_name}.methods.{meth}"
+            if meth not in params["methods"]:
+                raise UserError(f"params key '{key}' names method {meth!r}; defined methods: "
+                                f"{', '.join(params['methods'])}")
+            if "algorithm" in (over or {}):
+                raise UserError(f"params key '{key}.algorithm': an experiment may change a method's "
+                                f"hyperparameters, not its algorithm; define another method instead")
+            try:
+                resolve_hparams(meth, method(params, meth, exp_name))
+            except UserError as err:
+                raise UserError(f"{err} (as overridden by '{key}')") from None
+        batch = training_config(params, exp_name)["meta_batch"]
+        for meth in params["methods"]:
+            cls, hp = resolve_hparams(meth, method(params, meth, exp_name))
+            if "meta_batch" in cls.defaults and hp["meta_batch"] != batch:
+                raise UserError(
+                    f"params key 'methods.{meth}.meta_batch' is {hp['meta_batch']} but experiment "
+                    f"{exp_name!r} trains with meta-batches of {batch} (training.meta_batch): a "
+                    f"{cls.algorithm} method's attention network weighs exactly meta_batch tasks; "
+                    f"set both to the same number")
 
 
 def experiment_datasets(params: dict, name: str) -> list[str]:

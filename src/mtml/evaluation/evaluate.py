@@ -29,7 +29,7 @@ def evaluation_splits(params: dict, exp: str) -> list[tuple[str, str, str]]:
 
 def load_learner(params: dict, exp: str, meth: str, model_path: Path, device) -> MetaLearner:
     saved = torch.load(model_path, map_location=device, weights_only=False)
-    learner = build(meth, method(params, meth), tuple(saved["image_shape"]), saved["ways"]).to(device)
+    learner = build(meth, method(params, meth, exp), tuple(saved["image_shape"]), saved["ways"]).to(device)
     learner.load_state_dict(saved["state"])
     return learner.eval()
 

@@ -24,7 +24,7 @@ ALL = "all"
 
 def load_learner(params: dict, exp: str, meth: str, mm: MultimodalConfig, model_path: Path, device) -> MetaLearner:
     saved = torch.load(model_path, map_location=device, weights_only=False)
-    learner = build_learner(params, meth, mm, saved["ways"]).to(device)
+    learner = build_learner(params, exp, meth, mm, saved["ways"]).to(device)
     learner.load_state_dict(saved["state"])
     return learner.eval()
 

@@ -19,9 +19,9 @@ from mtml.training.trainer import episodes_accuracy, fit, run_fingerprint
 from mtml.utils import derive_seed
 
 
-def build_learner(params: dict, meth: str, mm: MultimodalConfig, ways: int) -> MetaLearner:
+def build_learner(params: dict, exp: str, meth: str, mm: MultimodalConfig, ways: int) -> MetaLearner:
     """The method, with `modes` set to the experiment's number of modes for per-mode methods."""
-    config = dict(method(params, meth))
+    config = method(params, meth, exp)
     cls, _ = resolve_hparams(meth, config)
     if issubclass(cls, PerMode):
         config["modes"] = len(mm.modes)
@@ -38,7 +38,7 @@ def training_stream(params: dict, exp: str, mm: MultimodalConfig, banks: list[Mo
 def init_learner(params: dict, exp: str, meth: str, mm: MultimodalConfig, device) -> MetaLearner:
     """The method at its seeded initialisation (the one training starts from)."""
     torch.manual_seed(derive_seed(params["seed"], exp, meth, "init"))
-    return build_learner(params, meth, mm, experiment(params, exp)["ways"]).to(device)
+    return build_learner(params, exp, meth, mm, experiment(params, exp)["ways"]).to(device)
 
 
 def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root: Path,

@@ -22,7 +22,7 @@ from mtml.methods import resolve_hparams
 from mtml.multitask.data import Shape
 from mtml.multitask.learners import ALGORITHMS, MultiTaskLearner, check_hparams
 from mtml.multitask.tasks import TASKS, TaskSpec, task_specs
-from mtml.params import experiment
+from mtml.params import experiment, method
 
 OPTION_DEFAULTS = {
     "tasks": list(TASKS),
@@ -73,12 +73,11 @@ def multitask_config(params: dict, exp: str) -> MultitaskConfig:
     return MultitaskConfig(tasks, shape, {t.name: float(thresholds.get(t.name, t.threshold)) for t in tasks})
 
 
-def learner_hparams(params: dict, meth: str, mt: MultitaskConfig) -> tuple[type[MultiTaskLearner], dict]:
-    """The method's class and filled hyperparameters; a UserError unless it is multitask."""
-    config = params["methods"].get(meth)
-    if config is None:
-        raise UserError(f"method {meth!r} is not in params; defined: {', '.join(params['methods'])}")
-    cls, hp = resolve_hparams(meth, config or {})
+def learner_hparams(params: dict, meth: str, mt: MultitaskConfig,
+                    exp: str | None = None) -> tuple[type[MultiTaskLearner], dict]:
+    """The method's class and filled hyperparameters (with experiment `exp`'s overrides);
+    a UserError unless it is multitask."""
+    cls, hp = resolve_hparams(meth, method(params, meth, exp))
     if not issubclass(cls, MultiTaskLearner):
         raise UserError(
             f"params key 'methods.{meth}.algorithm' is {cls.algorithm!r}, which cannot run a multitask "
@@ -91,4 +90,4 @@ def learner_hparams(params: dict, meth: str, mt: MultitaskConfig) -> tuple[type[
 def check(params: dict, exp: str) -> None:
     mt = multitask_config(params, exp)
     for meth in params["methods"]:
-        learner_hparams(params, meth, mt)
+        learner_hparams(params, meth, mt, exp)

@@ -64,7 +64,7 @@ def validation_score(learner: MultiTaskLearner, bank: SceneBank, mt: MultitaskCo
 def load_learner(params: dict, exp: str, meth: str, model_path: Path, device) -> MultiTaskLearner:
     mt = multitask_config(params, exp)
     saved = torch.load(model_path, map_location=device, weights_only=False)
-    cls, hp = learner_hparams(params, meth, mt)
+    cls, hp = learner_hparams(params, meth, mt, exp)
     learner = cls(hp, tuple(saved["image_shape"]), saved["ways"], mt.tasks).to(device)
     learner.load_state_dict(saved["state"])
     return learner.eval()

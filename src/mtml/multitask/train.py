@@ -21,7 +21,7 @@ from mtml.utils import derive_seed
 
 def init_learner(params: dict, exp: str, meth: str, mt: MultitaskConfig, image_shape, device) -> MultiTaskLearner:
     """The method at its seeded initialisation (the one training starts from)."""
-    cls, hp = learner_hparams(params, meth, mt)
+    cls, hp = learner_hparams(params, meth, mt, exp)
     torch.manual_seed(derive_seed(params["seed"], exp, meth, "init"))
     return cls(hp, tuple(image_shape), experiment(params, exp)["ways"], mt.tasks).to(device)
 

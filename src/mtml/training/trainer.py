@@ -32,7 +32,7 @@ LOG_COLUMNS = ["iteration", "loss", "train_accuracy", "val_accuracy"]
 
 def run_fingerprint(params: dict, exp: str, meth: str) -> str:
     """What a checkpoint must match to be resumed (any change starts training afresh)."""
-    key = {"seed": params["seed"], "experiment": experiment(params, exp), "method": method(params, meth),
+    key = {"seed": params["seed"], "experiment": experiment(params, exp), "method": method(params, meth, exp),
            "training": training_config(params, exp)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -62,7 +62,7 @@ def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root
     val = val[val["episode"] < tcfg["val_episodes"]]
 
     torch.manual_seed(derive_seed(params["seed"], exp, meth, "init"))
-    learner = build(meth, method(params, meth), bank.image_shape, cfg["ways"]).to(device)
+    learner = build(meth, method(params, meth, exp), bank.image_shape, cfg["ways"]).to(device)
     # The training stream is shared by methods of an experiment: they see the same tasks.
     stream = EpisodeStream(bank, "train", cfg["ways"], cfg["shots"], cfg["queries"],
                            derive_seed(params["seed"], exp, "train-episodes"))
