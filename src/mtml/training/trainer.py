@@ -47,6 +47,23 @@ def episodes_accuracy(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFr
     return float(np.mean(accs)) * 100
 
 
+def _rng_states() -> dict:
+    """torch's CPU generator and, once CUDA is in use, every GPU's (P-AM draws its samples
+    on the device)."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(ckpt: dict) -> None:
+    # torch.load(map_location=cuda) moves the saved generator states to the GPU too, but
+    # generators only take CPU byte tensors.
+    torch.set_rng_state(ckpt["torch_rng"].cpu())
+    if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -94,7 +111,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
             if optimizer is not None and ckpt["optimizer"] is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
             stream.set_state(ckpt["stream"])
-            torch.set_rng_state(ckpt["torch_rng"])
+            _set_rng_states(ckpt)
             start, log, elapsed, best = ckpt["iteration"], ckpt["log"], ckpt["elapsed"], ckpt["best"]
             traces = ckpt.get("traces", [])
 
@@ -119,7 +136,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                 _save_checkpoint(ckpt_path, {
                     "fingerprint": fingerprint, "iteration": it + 1, "model": learner.state_dict(),
                     "optimizer": optimizer.state_dict(), "stream": stream.state(),
-                    "torch_rng": torch.get_rng_state(), "log": log, "best": best, "traces": traces,
+                    **_rng_states(), "log": log, "best": best, "traces": traces,
                     "elapsed": time.perf_counter() - t0})
                 if not interactive():  # logs (Snakemake, SLURM) get a plain line per validation
                     print(f"train {label}: iteration {it + 1}/{iterations} loss {stats['loss']:.4f} "
@@ -133,7 +150,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     if iterations == 0:  # nothing to resume, but every run leaves a checkpoint (a DVC output)
         _save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "iteration": 0, "model": learner.state_dict(),
                                      "optimizer": None, "stream": stream.state(),
-                                     "torch_rng": torch.get_rng_state(), "log": log, "best": best, "elapsed": 0.0})
+                                     **_rng_states(), "log": log, "best": best, "elapsed": 0.0})
 
     if best["accuracy"] < 0:  # nothing trained (e.g. pixel-nn): keep the initial weights
         best["accuracy"] = validate(learner)
