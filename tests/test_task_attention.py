@@ -1,6 +1,7 @@
 """TAML's inequality measures, the task-attention wrapper (Algorithm 1 of Aimen et al.) and
 its analyses; ends with one short end-to-end run of all eight methods of the paper."""
 
+import copy
 import json
 import math
 
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.nn import functional as nn_f
 
 from mtml.errors import UserError
 from mtml.methods import build
@@ -88,12 +90,59 @@ def test_taml_rejects_unknown_inequality():
 # -------------------------------------------------------------------------- task attention
 
 
-def test_attention_weights_are_positive_and_sum_to_one():
+@pytest.mark.parametrize("layers", [1, 2])
+def test_attention_weights_are_positive_and_sum_to_one(layers):
     torch.manual_seed(0)
-    net = AttentionNetwork(tasks=5)
+    net = AttentionNetwork(tasks=5, layers=layers)
     for scale in (1e-3, 1.0, 100.0):
         w = net(scale * torch.rand(5, 4))
         assert w.shape == (5,) and (w > 0).all() and torch.isclose(w.sum(), torch.tensor(1.0))
+    # 1x1 convolution over the 4 components, `layers` ReLU layers of 32 units, N scores
+    assert (net.fold.in_channels, net.fold.out_channels, net.fold.kernel_size) == (4, 1, (1,))
+    linears = [(m.in_features, m.out_features) for m in net.mix if isinstance(m, torch.nn.Linear)]
+    assert linears == [(5, 32)] + [(32, 32)] * (layers - 1) + [(32, 5)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in net.mix) == layers
+
+
+def test_attention_layers_must_be_a_positive_integer():
+    with pytest.raises(UserError, match="attention_layers"):
+        build("ta-maml", {"filters": 4, "meta_batch": 3, "attention_layers": 0}, SHAPE, 3)
+
+
+@pytest.mark.parametrize("grad_norm", ["adapted", "meta"])
+def test_meta_information_tuple_against_a_hand_adaptation(float64, grad_norm):
+    """(gradient norm, query loss, query accuracy, loss after / before adaptation), recomputed
+    from one plain SGD step on the support set."""
+    from torch.func import functional_call
+
+    from mtml.methods.task_weighting import meta_information, task_gradient
+
+    torch.manual_seed(0)
+    learner = build("ta-maml", {"filters": 4, "meta_batch": 3, "inner_lr": 0.3, "inner_steps": 1,
+                                "grad_norm": grad_norm}, SHAPE, 3)
+    net, ep = learner.base.net, _episode(queries=5)
+    theta = dict(net.named_parameters())
+    support = nn_f.cross_entropy(functional_call(net, theta, (ep.support_x,)), ep.support_y)
+    grads = torch.autograd.grad(support, list(theta.values()), create_graph=True)
+    adapted = {k: p - 0.3 * g for (k, p), g in zip(theta.items(), grads)}
+    logits = functional_call(net, adapted, (ep.query_x,))
+    after = nn_f.cross_entropy(logits, ep.query_y)
+    before = nn_f.cross_entropy(functional_call(net, theta, (ep.query_x,)), ep.query_y)
+    if grad_norm == "adapted":
+        g = torch.autograd.grad(after, list(adapted.values()), retain_graph=True)
+    else:  # the task's meta-gradient, through the adaptation
+        g = torch.autograd.grad(after, list(theta.values()), retain_graph=True)
+    expected = [torch.sqrt(sum((x ** 2).sum() for x in g)), after, (logits.argmax(-1) == ep.query_y).double().mean(),
+                after / before]
+    o = learner.base(ep)
+    info = meta_information(o) if grad_norm == "adapted" else meta_information(
+        o, task_gradient(o.loss, dict(learner.base.named_parameters()), retain_graph=True))
+    assert info.shape == (4,)
+    for name, got, want in zip(("grad_norm", "query_loss", "query_acc", "loss_ratio"), info, expected):
+        tol = 1e-6 if name == "query_acc" else 1e-9  # accuracy is computed in float32
+        assert math.isclose(float(got), float(want.detach()), rel_tol=tol), name
+    assert 0 < float(expected[2]) < 1 and float(expected[3].detach()) != 1  # the planted values are not trivial
+    assert not info.requires_grad  # meta-information is an input: eq. 3 reaches phi only through w
 
 
 def _ta(algorithm="ta-maml", **hp):
@@ -158,6 +207,62 @@ def test_lookahead_gradient_wrt_weights_matches_finite_differences(float64):
     assert analytic.abs().sum() > 0
 
 
+def test_attention_gradient_is_the_lookahead_loss_through_w_against_a_reference(float64):
+    """Eq. 3 checked against an independent reference: per-task meta-gradients taken one task
+    at a time, theta'(w) = theta - beta sum_i w_i g_i written into a copy of the base, the new
+    batch's mean query loss differentiated in w by central differences, chained through the
+    attention network; theta is the meta-model *before* eq. 2 (as in the authors' code)."""
+    beta = 0.5
+    learner, opt = _ta(inner_steps=1, lookahead_lr=beta)
+    batch, new_batch = [_episode(seed=s) for s in range(3)], [_episode(seed=s) for s in range(3, 6)]
+    ref = copy.deepcopy(learner.base)
+    per_task = []
+    for ep in batch:
+        ref.zero_grad(set_to_none=True)
+        ref.meta_loss([ep])[0].backward()
+        per_task.append({k: p.grad.clone() for k, p in ref.named_parameters()})
+    theta0 = {k: p.detach().clone() for k, p in ref.named_parameters()}
+
+    def reference_loss(w):
+        probe = copy.deepcopy(ref)
+        with torch.no_grad():
+            for k, p in probe.named_parameters():
+                p.copy_(theta0[k] - beta * sum(w[i] * per_task[i][k] for i in range(3)))
+        return probe.meta_loss(new_batch)[0].item()
+
+    step = learner.attend(batch)
+    w = step.weights.detach()
+    learner.meta_update(step, opt)  # eq. 2 moves the base; the look-ahead still starts from theta0
+    assert math.isclose(learner.lookahead_loss(step, new_batch, w).item(), reference_loss(w), rel_tol=1e-10)
+    eps = 1e-6
+    dl_dw = torch.tensor([(reference_loss(w + eps * e) - reference_loss(w - eps * e)) / (2 * eps)
+                          for e in torch.eye(3)])
+    assert dl_dw.abs().sum() > 0
+    expected = torch.autograd.grad(step.weights, list(learner.attention.parameters()), grad_outputs=dl_dw,
+                                   retain_graph=True)
+    # a look-ahead on the *old* batch would give another gradient: the new batch matters
+    other = torch.autograd.grad(learner.lookahead_loss(step, batch, step.weights),
+                                list(learner.attention.parameters()), retain_graph=True)
+    learner.attention_update(step, new_batch, opt)
+    for (name, p), e in zip(learner.attention.named_parameters(), expected):
+        assert torch.allclose(p.grad, e, rtol=1e-5, atol=1e-10), name
+    assert any(not torch.allclose(p.grad, o, rtol=1e-3) for p, o in zip(learner.attention.parameters(), other))
+
+
+def test_train_step_looks_ahead_on_one_freshly_sampled_batch():
+    learner, opt = _ta()
+    twin = copy.deepcopy(learner)
+    twin.make_optimizer(0.01)
+    batch, fresh = [_episode(seed=s) for s in range(3)], [_episode(seed=s) for s in range(3, 6)]
+    calls = []
+    stats = learner.train_step(batch, opt, lambda: calls.append(1) or fresh)
+    assert calls == [1]
+    step = twin.attend(batch)
+    on_fresh = twin.lookahead_loss(step, fresh, step.weights).item()
+    assert math.isclose(stats["trace"]["lookahead_loss"], on_fresh, abs_tol=2e-6)
+    assert not math.isclose(on_fresh, twin.lookahead_loss(step, batch, step.weights).item(), abs_tol=1e-4)
+
+
 def test_train_step_traces_weights_and_meta_information():
     learner, opt = _ta()
     batch = [_episode(seed=s) for s in range(3)]
@@ -174,6 +279,27 @@ def test_attention_batch_size_mismatch_is_a_clear_error():
     learner, opt = _ta()
     with pytest.raises(UserError, match="meta_batch"):
         learner.train_step([_episode()] * 2, opt, lambda: [_episode()] * 2)
+
+
+def test_benchmark_times_the_paper_methods_with_an_experiments_meta_batch():
+    from mtml.benchmark import benchmark
+
+    from pipeline_helpers import tiny_params
+
+    small = {"filters": 4, "inner_steps": 1, "eval_inner_steps": 1}
+    methods = {m: dict(small) for m in ("maml", "metasgd", "metalstm", "metalstm++", "taml")}
+    methods.update({m: {**small, "meta_batch": 3} for m in ("ta-maml", "ta-metasgd", "ta-metalstm++")})
+    # the experiment trains with meta-batches of 3 while the top-level training block says 2
+    params = tiny_params(methods=methods, experiments={"tiny": {"dataset": "glyphs", "ways": 3, "shots": 1,
+                                                                 "queries": 2, "training": {"meta_batch": 3}}})
+    result = benchmark(params, "tiny", iterations=1, episodes=1)
+    assert result["setting"]["meta_batch"] == 3
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == set(methods)
+    for name, row in rows.items():
+        assert row["train_iter_per_s"] > 0 and row["eval_episodes_per_s"] > 0 and row["parameters"] > 0, name
+    assert rows["ta-maml"]["parameters"] > rows["maml"]["parameters"]  # + the attention network
+    assert rows["metasgd"]["parameters"] == 2 * rows["maml"]["parameters"]  # one rate per weight
 
 
 # ------------------------------------------------------------------------------- analyses
@@ -201,6 +327,17 @@ def test_paper_table_marks_settings_not_run(tmp_path):
     assert len(table) == 2 * 4
     run = table[table["status"] == "run"]
     assert run[["method", "ways", "shots", "accuracy"]].values.tolist() == [["maml", 5, 1, 50.0]]
+
+
+def test_docs_list_every_hyperparameter_of_the_papers_methods():
+    from pathlib import Path
+
+    from mtml.methods import REGISTRY
+
+    docs = (Path(__file__).parents[1] / "docs/task_attention.md").read_text()
+    missing = [(name, key) for name in ALL_METHODS for key in REGISTRY[name].defaults if f"`{key}`" not in docs]
+    assert not missing, f"docs/task_attention.md lacks {missing}"
+    assert all(f"`{name}`" in docs for name in ALL_METHODS)
 
 
 # ---------------------------------------------------------------------------- end to end

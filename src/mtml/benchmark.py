@@ -15,7 +15,7 @@ import torch
 
 from mtml.methods import build
 from mtml.methods.base import Episode
-from mtml.params import method
+from mtml.params import method, training_config
 from mtml.utils import resolve_device
 
 
@@ -41,12 +41,13 @@ def _rate(fn, n, device, warmup=2) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def time_method(learner, setting, shape, batch_size, device, iterations, episodes) -> dict:
-    """Parameter counts, meta-training iterations/s and evaluation episodes/s of one learner."""
+def time_method(learner, setting, shape, batch_size, device, iterations, episodes, modes: int = 1) -> dict:
+    """Parameter counts, meta-training iterations/s and evaluation episodes/s of one learner.
+    With `modes`, a meta-batch's tasks take the modes in turn (a multimodal experiment)."""
     ways, shots, queries = setting
 
     def batch():
-        return [random_episode(ways, shots, queries, shape, device) for _ in range(batch_size)]
+        return [random_episode(ways, shots, queries, shape, device, mode=i % modes) for i in range(batch_size)]
 
     row = {"algorithm": learner.algorithm, "parameters": sum(p.numel() for p in learner.parameters())}
     if hasattr(learner, "generator_parameters"):
@@ -69,13 +70,23 @@ def benchmark(params: dict, experiment: str, iterations: int = 10, episodes: int
     exp = params["experiments"][experiment]
     ways, shots, queries = exp["ways"], exp["shots"], exp["queries"]
     shape = tuple(params["experiments"][experiment].get("options", {}).get("image_shape", (1, 28, 28)))
-    batch_size = params["training"]["meta_batch"]
+    batch_size = training_config(params, experiment)["meta_batch"]  # with the experiment's overrides
+    mm, modes = None, 1
+    if exp["kind"] == "multimodal":  # per-mode methods get one learner per mode, as in training
+        from mtml.multimodal.config import multimodal_config
+        from mtml.multimodal.train import build_learner
+
+        mm = multimodal_config(params, experiment)
+        modes = len(mm.modes)
     rows = []
     for name in params["methods"]:
         torch.manual_seed(0)
-        learner = build(name, method(params, name, experiment), shape, ways).to(device)
+        if mm is not None:
+            learner = build_learner(params, experiment, name, mm, ways).to(device)
+        else:
+            learner = build(name, method(params, name, experiment), shape, ways).to(device)
         rows.append({"method": name, **time_method(learner, (ways, shots, queries), shape, batch_size,
-                                                   device, iterations, episodes)})
+                                                   device, iterations, episodes, modes)})
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),

@@ -131,18 +131,22 @@ META_INFORMATION = ("grad_norm", "query_loss", "query_acc", "loss_ratio")
 class AttentionNetwork(nn.Module):
     """Meta-information of a batch [N, 4] -> task weights [N] (positive, summing to one).
 
-    As in the authors' code: a 1x1 convolution folds each task's four components into one
-    number, two fully connected ReLU layers (`hidden` units) mix these across the batch, and a
-    last layer and a softmax over the batch give the weights. The input and output widths are
-    the meta-batch size, so the network is built for one batch size.
+    A 1x1 convolution folds each task's four components into one number, `layers` fully
+    connected ReLU layers of `hidden` units mix these across the batch, and a last linear
+    layer and a softmax over the batch give the weights (the authors' `TaskAttention` module:
+    Conv1d(4, 1, 1), Linear(N, 32), ReLU, [Linear(32, 32), ReLU] x (layers - 1),
+    Linear(32, N), Softmax). The input and output widths are the meta-batch size, so the
+    network is built for one batch size.
     """
 
-    def __init__(self, tasks: int, hidden: int = 32, components: int = len(META_INFORMATION)):
+    def __init__(self, tasks: int, hidden: int = 32, layers: int = 2, components: int = len(META_INFORMATION)):
         super().__init__()
         self.tasks = tasks
         self.fold = nn.Conv1d(components, 1, kernel_size=1)
-        self.mix = nn.Sequential(nn.Linear(tasks, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, tasks))
+        mix: list[nn.Module] = [nn.Linear(tasks, hidden), nn.ReLU()]
+        for _ in range(layers - 1):
+            mix += [nn.Linear(hidden, hidden), nn.ReLU()]
+        self.mix = nn.Sequential(*mix, nn.Linear(hidden, tasks))
 
     def forward(self, info: Tensor) -> Tensor:
         x = self.fold(info.T[None])  # [1, components, N] -> [1, 1, N]
@@ -196,6 +200,8 @@ class TaskAttention(MetaLearner):
         "meta_batch": 4,  # the attention network's width; must equal training.meta_batch
         "attention_lr": 0.003,  # Adam learning rate of the attention network (eq. 3; authors' code)
         "attention_hidden": 32,
+        "attention_layers": 2,  # hidden ReLU layers (as described, and the authors' module default;
+                                # their run config passes 1)
         "lookahead_lr": None,  # beta of the look-ahead; null = the meta learning rate
         "grad_norm": "adapted",  # adapted | meta: which gradient's norm is meta-information
     }
@@ -205,8 +211,11 @@ class TaskAttention(MetaLearner):
         if hp["grad_norm"] not in ("adapted", "meta"):
             raise UserError(f"params key 'grad_norm' of a {self.algorithm} method is {hp['grad_norm']!r}; "
                             "allowed: adapted, meta")
+        if not isinstance(hp["attention_layers"], int) or hp["attention_layers"] < 1:
+            raise UserError(f"params key 'attention_layers' of a {self.algorithm} method is "
+                            f"{hp['attention_layers']!r}; it must be an integer >= 1")
         self.base = self.base_class({k: hp[k] for k in self.base_class.defaults}, image_shape, ways)
-        self.attention = AttentionNetwork(hp["meta_batch"], hp["attention_hidden"])
+        self.attention = AttentionNetwork(hp["meta_batch"], hp["attention_hidden"], hp["attention_layers"])
         self.meta_lr: float | None = None
 
     # evaluation is the base's: the attention network only shapes meta-training
