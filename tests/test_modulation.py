@@ -146,6 +146,26 @@ def test_factorised_generator_has_the_parameter_count_of_the_formula():
     assert full > 5 * by_hand
 
 
+def test_factorised_m_generator_is_about_150_times_smaller_with_mmaml_widths():
+    # MMAML's network (32-64-128-256 channels, 3x3 kernels, RGB input) with linear generators:
+    # per kernel, (d + 1)(C_out + C_in k^2) parameters emit u and w instead of (d + 1) C_out C_in k^2
+    # for M whole, whatever the embedding size d: the ~150x saving quoted for KML's simplified
+    # generator. delta_b is the same map in both, so it narrows the ratio when counted.
+    kernels = [(32, 3, 3, 3), (64, 32, 3, 3), (128, 64, 3, 3), (256, 128, 3, 3)]
+    whole_m = 32 * 27 + 64 * 288 + 128 * 576 + 256 * 1152
+    factor_m = (32 + 27) + (64 + 288) + (128 + 576) + (256 + 1152)
+    for d in (32, 128):
+        whole = full_kml_parameters(d, 0, kernels, bias_shift=False)
+        factorised = factorised_kml_parameters(d, 0, kernels, bias_shift=False)
+        assert (whole, factorised) == ((d + 1) * whole_m, (d + 1) * factor_m)
+        assert 150 < whole / factorised < 160
+        delta_b = (d + 1) * (32 + 64 + 128 + 256)
+        assert full_kml_parameters(d, 0, kernels) == whole + delta_b
+        assert factorised_kml_parameters(d, 0, kernels) == factorised + delta_b
+    assert full_kml_parameters(128, 0, kernels) / factorised_kml_parameters(128, 0, kernels) == pytest.approx(
+        50_105_664 / 387_387)  # the docs' table row
+
+
 def test_method_reports_its_generator_parameters():
     learner = build("mmaml-kml", {"filters": 32, "embed_dim": 64, "generator_hidden": 32}, (3, 84, 84), 5)
     kernels = conv_kernels(learner.net.backbone).values()

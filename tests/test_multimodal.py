@@ -1,8 +1,11 @@
-"""Multimodal experiments: options, one image shape for all modes, the mode-aware sampler,
-the `shapes` dataset, and every multimodal method trained on three tiny modes."""
+"""Multimodal experiments: options and presets, one image shape for all modes, the mode-aware
+sampler (independent and balanced meta-batches), per-mode learners, the benchmark's counts,
+the `shapes` dataset, every multimodal method trained on three tiny modes, the results table
+with paired differences, and the stages through the CLI."""
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,10 +72,18 @@ def test_defaults_and_mode_mix_forms():
     assert mm.mode_mix == pytest.approx([0.5, 0.25, 0.25])
     mm = multimodal_config(tiny_multimodal({"mode_mix": {"shapes": 3, "glyphs": 1}}), "mm")
     assert mm.mode_mix == pytest.approx([0.25, 0.0, 0.75])
+    assert mm.batch_mix == "independent"
+    params = tiny_multimodal({"batch_mix": "balanced"})
+    mm = multimodal_config(params, "mm")
+    assert mm.batch_mix == "balanced"
+    from mtml.multimodal.train import training_stream
+
+    assert training_stream(params, "mm", mm, _banks()).batch_mix == "balanced"  # training uses it
 
 
 @pytest.mark.parametrize("options,exp,match", [
-    ({"size": 28}, {}, r"experiments\.mm\.options\.size' is unknown.*allowed: image_shape, mode_mix"),
+    ({"size": 28}, {}, r"experiments\.mm\.options\.size' is unknown.*allowed: batch_mix, image_shape, mode_mix"),
+    ({"batch_mix": "stratified"}, {}, r"options\.batch_mix' is 'stratified'; allowed: independent, balanced"),
     ({"image_shape": [2, 28, 28]}, {}, r"options\.image_shape' must be \[channels"),
     ({"image_shape": [3, 8, 8]}, {}, r"options\.image_shape'.*>= 16"),
     ({"mode_mix": [1, 1]}, {}, r"options\.mode_mix' must give one weight per mode \(3"),
@@ -89,20 +100,31 @@ def test_bad_options_name_the_key(options, exp, match):
         tiny_multimodal(options, **exp)
 
 
-@pytest.mark.parametrize("preset", ["multimodal", "multimodal_2mode", "multimodal_2mode_dagger",
-                                    "multimodal_3mode", "multimodal_5mode"])
-def test_presets_are_valid_params(preset):
-    from pathlib import Path
+PAPER_ALGORITHMS = {"maml", "multi-maml", "mmaml", "mmaml-kml", "protonet", "multi-protonet", "mprotonet",
+                    "mprotonet-kml"}
 
+
+@pytest.mark.parametrize("preset,modes,shape,batch_mix", [
+    ("multimodal", ("glyphs", "glyphs-shifted", "shapes"), (3, 28, 28), "independent"),
+    ("multimodal_2mode", ("omniglot", "miniimagenet"), (3, 84, 84), "balanced"),
+    ("multimodal_2mode_dagger", ("miniimagenet", "fc100"), (3, 84, 84), "balanced"),
+    ("multimodal_3mode", ("omniglot", "miniimagenet", "fc100"), (3, 84, 84), "balanced"),
+    ("multimodal_5mode", ("omniglot", "miniimagenet", "fc100", "cub", "aircraft"), (3, 84, 84), "balanced"),
+])
+def test_presets_are_whole_valid_params_files_with_the_papers_methods(preset, modes, shape, batch_mix):
+    from mtml.methods import resolve_hparams
     from mtml.params import load
 
-    root = Path(__file__).resolve().parents[1]
-    params = load([root / "params.yaml", root / "configs" / f"{preset}.yaml"])
+    # A preset replaces params.yaml (`--configfile`, `--params configs/<preset>.yaml`): load it alone.
+    params = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")
+    assert {resolve_hparams(m, hp or {})[0].algorithm for m, hp in params["methods"].items()} == PAPER_ALGORITHMS
+    assert "multimodal-table" in params["analyses"]
     exps = [e for e, c in params["experiments"].items() if c["kind"] == "multimodal"]
-    assert exps
+    assert exps and len(exps) == len(params["experiments"])
     for exp in exps:
         mm = multimodal_config(params, exp)
-        assert mm.image_shape in ((3, 28, 28), (3, 84, 84)) and sum(mm.mode_mix) == pytest.approx(1)
+        assert mm.modes == modes and mm.image_shape == shape and mm.batch_mix == batch_mix
+        assert mm.mode_mix == pytest.approx([1 / len(modes)] * len(modes))
 
 
 def test_per_mode_method_with_a_wrong_mode_count_is_rejected():
@@ -183,6 +205,36 @@ def test_a_meta_batch_mixes_modes_and_a_zero_weight_mode_never_appears():
     assert set(modes) == {0, 2}
 
 
+@pytest.mark.parametrize("mix,size", [([1, 1, 1], 4), ([0.6, 0.3, 0.1], 10), ([0.5, 0.0, 0.5], 3),
+                                      ([0.2, 0.3, 0.5], 7), ([1, 0, 0], 5), ([1, 1, 1], 2)])
+def test_balanced_meta_batches_hold_the_modes_in_the_proportions_of_params(mix, size):
+    p = np.array(mix) / sum(mix)
+    stream = MultimodalStream(_banks(), mix, "train", ways=3, shots=1, queries=2, seed=2, batch_mix="balanced")
+    totals, batches = np.zeros(3), 400
+    for _ in range(batches):
+        counts = np.bincount([ep.mode for ep in stream.batch(size)], minlength=3)
+        # every meta-batch: floor(B p_m) or ceil(B p_m) tasks of mode m, none of a zero-weight mode
+        assert (counts >= np.floor(size * p + 1e-9)).all() and (counts <= np.ceil(size * p - 1e-9)).all(), counts
+        totals += counts
+    assert np.abs(totals / (batches * size) - p).max() < 0.02  # and exactly p on average
+
+
+def test_balanced_batches_mix_every_time_independent_ones_do_not():
+    bal = MultimodalStream(_banks(), [1, 1, 1], "train", 3, 1, 2, seed=0, batch_mix="balanced")
+    batches = [bal.batch(3) for _ in range(60)]
+    assert all(sorted(ep.mode for ep in b) == [0, 1, 2] for b in batches)
+    assert {b[0].mode for b in batches} == {0, 1, 2}  # in shuffled order
+    ind = MultimodalStream(_banks(), [1, 1, 1], "train", 3, 1, 2, seed=0)
+    assert any(sorted(ep.mode for ep in ind.batch(3)) != [0, 1, 2] for _ in range(60))
+    # a balanced stream resumes exactly from its state, as the trainer's checkpoint needs
+    state = bal.state()
+    a = bal.batch(4)
+    bal.set_state(state)
+    b = bal.batch(4)
+    assert [e.mode for e in a] == [e.mode for e in b]
+    assert all(torch.equal(x.query_x, y.query_x) for x, y in zip(a, b))
+
+
 def test_a_mode_with_too_few_classes_is_a_user_error():
     with pytest.raises(UserError, match="dataset c has 5 train classes but episodes need ways=6"):
         MultimodalStream(_banks(), [1, 1, 1], "train", 6, 1, 1, seed=0)
@@ -221,6 +273,62 @@ def test_shapes_are_rgb_deterministic_and_split_by_group():
 def test_shapes_options_name_the_key(options, match):
     with pytest.raises(UserError, match=match):
         generate_shapes(options, seed=0)
+
+
+# --------------------------------------------------------------------------- per-mode methods, benchmark
+
+
+def test_per_mode_learners_are_independent_and_routed_by_the_mode():
+    from mtml.benchmark import random_episode
+    from mtml.methods import build
+
+    shape = (3, 16, 16)
+    torch.manual_seed(0)
+    learner = build("multi-maml", {"filters": 4, "modes": 3}, shape, 3)
+    batch = [random_episode(3, 1, 2, shape, "cpu", mode=m) for m in (0, 2, 0)]
+    loss, _ = learner.meta_loss(batch)
+    loss.backward()
+    grads = [[p.grad for p in sub.parameters()] for sub in learner.learners]
+    assert all(g is not None for g in grads[0] + grads[2])
+    assert all(g is None for g in grads[1])  # no task of mode 1: its learner is untouched
+    with torch.no_grad():  # the loss is the batch mean over each task's own-mode learner
+        expected = torch.stack([learner.learners[ep.mode].meta_loss([ep])[0] for ep in batch]).mean()
+        assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+        ep = random_episode(3, 1, 2, shape, "cpu", mode=1)
+        assert torch.equal(learner.predict(ep), learner.learners[1].predict(ep))
+        assert not torch.equal(learner.predict(ep), learner.learners[0].predict(ep))
+    with pytest.raises(ValueError, match="has 3 modes; got an episode of mode 3"):
+        learner.predict(random_episode(3, 1, 2, shape, "cpu", mode=3))
+
+
+def test_benchmark_reports_generators_and_one_learner_per_mode():
+    from mtml.benchmark import benchmark
+    from mtml.models.conv4 import Conv4
+    from mtml.models.modulation import conv_kernels, factorised_kml_parameters
+
+    params = tiny_multimodal(methods={"maml": SMALL, "multi-maml": SMALL, "mmaml": COND, "mmaml-kml": COND})
+    rows = {r["method"]: r for r in benchmark(params, "mm", iterations=1, episodes=1)["rows"]}
+    assert rows["multi-maml"]["parameters"] == 3 * rows["maml"]["parameters"]  # three modes
+    assert "generator_parameters" not in rows["maml"] and rows["multi-maml"]["generator_parameters"] == 0
+    kernels = conv_kernels(Conv4(3, 8)).values()
+    assert rows["mmaml-kml"]["generator_parameters"] == factorised_kml_parameters(16, 8, kernels)
+    assert rows["mmaml"]["generator_parameters"] == 4 * (16 + 1) * 2 * 8  # a linear map per block to gamma, beta
+
+
+def test_paired_difference_pairs_episodes_by_mode_and_id():
+    from mtml.analysis.multimodal import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 5, "episode": list(range(5)) * 2,
+                         "accuracy": rng.uniform(0, 100, 10)})
+    better = base.assign(accuracy=base["accuracy"] + 5).iloc[::-1]  # same episodes, other order
+    mean, ci, n = paired_difference(better, base)
+    assert mean == pytest.approx(5) and ci == pytest.approx(0, abs=1e-9) and n == 10
+    two = pd.DataFrame({"dataset": ["a", "a"], "episode": [0, 1], "accuracy": [100.0, 0.0]})
+    mean, ci, _ = paired_difference(two, two.assign(accuracy=0.0))
+    assert mean == 50 and ci == pytest.approx(1.96 * np.std([100, 0], ddof=1) / np.sqrt(2))
+    with pytest.raises(UserError, match="same test episodes"):
+        paired_difference(base.iloc[1:], base)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -316,3 +424,62 @@ def test_transference_analysis_writes_its_figures(trained):
     assert (ratios["ratio"] > 0).all() and np.isfinite(ratios["ratio"]).all()
     summary = json.loads((out / "summary.json").read_text())["mm"]
     assert np.array(summary["mode_matrix"]["maml"]["mean_ratio"]).shape == (3, 3)
+
+
+@pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
+def test_multimodal_table_lays_out_every_method_and_mode_with_paired_differences(trained):
+    from mtml.analysis.registry import ANALYSES
+
+    params, root, results = trained
+    out = root / "metrics/analysis/multimodal-table"
+    out.mkdir(parents=True)
+    ANALYSES["multimodal-table"](params, root / "metrics", out)
+    table, md = pd.read_csv(out / "table.csv"), (out / "table.md").read_text()
+    assert len(table) == len(params["methods"]) * 4
+    for meth, rows in results.items():
+        by = {r["dataset"]: r for r in rows}
+        for ds, r in by.items():
+            row = table[(table["method"] == meth) & (table["dataset"] == ds)].iloc[0]
+            assert (row["accuracy"], row["ci95"]) == (r["accuracy"], r["ci95"])
+        # the paper's layout: one row per method, one column per mode, then all modes
+        cells = " | ".join(f"{by[d]['accuracy']:.2f} ± {by[d]['ci95']:.2f}" for d in [*MODES, "all"])
+        assert f"| {meth} | {r['algorithm']} | {cells} |" in md
+    diffs = pd.read_csv(out / "differences.csv")
+    assert set(zip(diffs["method"], diffs["base"])) == {
+        ("multi-maml", "maml"), ("mmaml", "maml"), ("mmaml-kml", "maml"),
+        ("multi-protonet", "protonet"), ("mprotonet", "protonet"), ("mprotonet-kml", "protonet")}
+    acc = {(m, r["dataset"]): r["accuracy"] for m, rows in results.items() for r in rows}
+    for _, d in diffs.iterrows():
+        # on the same episodes the mean difference is the difference of the means
+        assert d["difference"] == pytest.approx(acc[(d["method"], d["dataset"])] - acc[(d["base"], d["dataset"])],
+                                                abs=2e-4)
+        assert d["episodes"] == 24 * (3 if d["dataset"] == "all" else 1)
+
+
+@pytest.mark.slow  # the stages through the CLI, as Snakemake and DVC call them (about 20 s of CPU)
+def test_a_multimodal_experiment_runs_through_the_cli_stages(tmp_path, monkeypatch):
+    import yaml
+
+    from mtml.cli import main
+
+    params = tiny_multimodal({"transference": {"sources": 3, "targets": 1, "retrain_iterations": 2,
+                                               "snapshots": 2}},
+                             methods={"maml": SMALL, "mmaml-kml": COND})
+    params["training"].update(iterations=4, val_interval=2, val_episodes=2)
+    params["evaluation"]["episodes"] = 4
+    params["analyses"] = ["multimodal-table", "transference"]
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    stages = [["prepare", "--dataset", ds] for ds in MODES] + [["episodes", "--experiment", "mm"]]
+    for meth in params["methods"]:
+        stages += [["train", "--experiment", "mm", "--method", meth],
+                   ["evaluate", "--experiment", "mm", "--method", meth]]
+    stages += [["aggregate"]] + [["analyse", "--name", a] for a in params["analyses"]]
+    for stage in stages:
+        assert main([*stage, "--params", "params.yaml"]) == 0, stage
+    summary = json.loads(Path("metrics/summary.json").read_text())
+    assert {k.rsplit("/", 1)[1] for k in summary} == {*MODES, "all"}
+    md = Path("metrics/analysis/multimodal-table/table.md").read_text()
+    assert "| maml | maml |" in md and "| mmaml-kml | maml |" in md  # a result row, a paired difference
+    ratios = pd.read_csv("metrics/analysis/transference/ratios.csv")
+    assert set(ratios["method"]) == {"maml", "mmaml-kml"} and "trained" in set(ratios["snapshot"])

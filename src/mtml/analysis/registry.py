@@ -17,6 +17,7 @@ ANALYSES: dict[str, AnalysisFn] = {}
 ANALYSIS_MODULES: list[str] = [
     "mtml.analysis.task_attention",
     "mtml.analysis.transference",
+    "mtml.analysis.multimodal",
     "mtml.analysis.multitask",
 ]
 

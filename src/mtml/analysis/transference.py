@@ -118,7 +118,7 @@ def analyse_experiment(params: dict, exp: str, root: Path, device) -> pd.DataFra
     opts = mm.transference
     banks = mode_banks(mm, root / "data" / "processed", device)
     src_stream = MultimodalStream(banks, mm.mode_mix, "train", cfg["ways"], cfg["shots"], cfg["queries"],
-                                  derive_seed(params["seed"], exp, "transference-sources"))
+                                  derive_seed(params["seed"], exp, "transference-sources"), mm.batch_mix)
     sources = src_stream.batch(opts["sources"])
     targets = []
     for bank in banks:

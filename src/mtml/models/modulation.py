@@ -186,21 +186,22 @@ def _mlp_count(a: int, hidden: int, b: int) -> int:
     return (a + 1) * b if hidden <= 0 else (a + 1) * hidden + (hidden + 1) * b
 
 
-def factorised_kml_parameters(embed_dim: int, hidden: int, kernels) -> int:
+def factorised_kml_parameters(embed_dim: int, hidden: int, kernels, bias_shift: bool = True) -> int:
     """Parameters of `FactorisedKernelGenerator`: per kernel [C_out, C_in, k, k], an MLP to
-    C_out (u), an MLP to C_in k k (w) and a linear map to C_out (delta_b)."""
+    C_out (u), an MLP to C_in k k (w) and, with `bias_shift`, a linear map to C_out (delta_b)."""
     total = 0
     for shape in kernels:
         c_out, rest = shape[0], int(torch.Size(shape[1:]).numel())
         total += _mlp_count(embed_dim, hidden, c_out) + _mlp_count(embed_dim, hidden, rest)
-        total += _mlp_count(embed_dim, 0, c_out)
+        total += _mlp_count(embed_dim, 0, c_out) if bias_shift else 0
     return total
 
 
-def full_kml_parameters(embed_dim: int, hidden: int, kernels) -> int:
-    """The unfactorised generator: one MLP emitting every kernel entry, plus delta_b."""
-    return sum(_mlp_count(embed_dim, hidden, int(torch.Size(s).numel())) + _mlp_count(embed_dim, 0, s[0])
-               for s in kernels)
+def full_kml_parameters(embed_dim: int, hidden: int, kernels, bias_shift: bool = True) -> int:
+    """The unfactorised generator: one MLP emitting every kernel entry of M, plus (with
+    `bias_shift`) the same delta_b map as the factorised one."""
+    return sum(_mlp_count(embed_dim, hidden, int(torch.Size(s).numel()))
+               + (_mlp_count(embed_dim, 0, s[0]) if bias_shift else 0) for s in kernels)
 
 
 class TaskConditioner(nn.Module):

@@ -4,6 +4,9 @@
       image_shape: [3, 28, 28]     # every mode is brought to [channels, height, width]
       mode_mix: [1, 1, 1]          # per-mode sampling weights (list in mode order, or
                                    # {dataset: weight}); default uniform
+      batch_mix: independent       # independent: each task draws its mode from mode_mix;
+                                   # balanced: every meta-batch holds the modes in the
+                                   # proportions of mode_mix (MMAML's sampler)
       transference: {...}          # settings of the `transference` analysis (see below)
 """
 
@@ -17,7 +20,9 @@ import numpy as np
 from mtml.errors import UserError
 from mtml.params import experiment
 
-OPTION_DEFAULTS: dict = {"image_shape": [3, 28, 28], "mode_mix": None, "transference": {}}
+OPTION_DEFAULTS: dict = {"image_shape": [3, 28, 28], "mode_mix": None, "batch_mix": "independent",
+                         "transference": {}}
+BATCH_MIXES = ("independent", "balanced")   # how a meta-batch draws its modes (mtml.multimodal.sampler)
 TRANSFERENCE_DEFAULTS: dict = {
     "methods": None,            # method names; default: those whose algorithm is maml or mmaml-kml
     "sources": 48,              # meta-train source tasks i
@@ -36,6 +41,7 @@ class MultimodalConfig:
     image_shape: tuple[int, int, int]
     mode_mix: tuple[float, ...]     # probabilities, sum 1
     transference: dict
+    batch_mix: str = "independent"  # how a meta-batch's modes are drawn (BATCH_MIXES)
 
 
 def _key(exp: str, *path) -> str:
@@ -118,9 +124,11 @@ def multimodal_config(params: dict, exp: str) -> MultimodalConfig:
         raise UserError(f"{_key(exp, unknown[0])} is unknown for kind multimodal; "
                         f"allowed: {', '.join(sorted(OPTION_DEFAULTS))}")
     options = {**OPTION_DEFAULTS, **options}
+    if options["batch_mix"] not in BATCH_MIXES:
+        raise UserError(f"{_key(exp, 'batch_mix')} is {options['batch_mix']!r}; allowed: {', '.join(BATCH_MIXES)}")
     return MultimodalConfig(exp, modes, _image_shape(exp, options["image_shape"]),
                             _mode_mix(exp, options["mode_mix"], modes),
-                            _transference(params, exp, options["transference"]))
+                            _transference(params, exp, options["transference"]), options["batch_mix"])
 
 
 def check(params: dict, exp: str) -> None:

@@ -32,7 +32,7 @@ def training_stream(params: dict, exp: str, mm: MultimodalConfig, banks: list[Mo
     """The experiment's training tasks; shared by its methods, so they see the same tasks."""
     cfg = experiment(params, exp)
     return MultimodalStream(banks, mm.mode_mix, "train", cfg["ways"], cfg["shots"], cfg["queries"],
-                            derive_seed(params["seed"], exp, "train-episodes"))
+                            derive_seed(params["seed"], exp, "train-episodes"), mm.batch_mix)
 
 
 def init_learner(params: dict, exp: str, meth: str, mm: MultimodalConfig, device) -> MetaLearner:
