@@ -79,13 +79,15 @@ def test_zero_weights_leave_the_network_exactly_unchanged():
     x = torch.rand(5, *SHAPE)
     w = torch.zeros(4 * 8)
     assert torch.equal(net(x, block_hook=modulation_hook(w, 8)), net(x))
-    # A fresh modulator outputs w = 0 exactly, so a fresh AM model is the plain model.
-    learner = _learner("mt-am")
-    for task in ("classification", "depth"):
-        sub = _subtask(task)
-        w, _ = learner.channel_weights(sub, sample=False)
-        assert torch.equal(w, torch.zeros_like(w))
-        assert torch.equal(learner.embed(sub.query_x, task, w), learner.embed(sub.query_x, task))
+    # A fresh modulator (AM, or P-AM's prior mean) outputs w = 0 exactly over all
+    # blocks x channels, so a fresh modulated model is the plain model.
+    for algorithm in ("mt-am", "mt-pam"):
+        learner = _learner(algorithm)
+        for task in ("classification", "depth"):
+            sub = _subtask(task)
+            w, _ = learner.channel_weights(sub, sample=False)
+            assert w.shape == (4 * 8,) and torch.equal(w, torch.zeros_like(w))
+            assert torch.equal(learner.embed(sub.query_x, task, w), learner.embed(sub.query_x, task))
 
 
 def test_modulation_scales_each_block_channel_by_one_minus_w():
@@ -143,6 +145,26 @@ def test_pam_trains_on_posterior_samples_and_tests_with_the_prior_mean():
     w1, kl = learner.channel_weights(sub, sample=True)
     w2, _ = learner.channel_weights(sub, sample=True)
     assert kl > 0 and not torch.equal(w1, w2)  # a sample of q(z | query set), not p's mean
+
+
+@pytest.mark.parametrize("direction", ["posterior-prior", "prior-posterior"])
+def test_pam_kl_of_a_subtask_is_zero_iff_its_query_set_gives_the_prior(direction):
+    learner = _learner("mt-pam", kl_direction=direction)
+    mod = learner.modulators["vanishing_point"]
+    torch.nn.init.normal_(mod.out.weight, std=0.1)
+    sub = _subtask("vanishing_point")
+    same = Subtask(sub.task, sub.support_x, sub.support_y, sub.support_x, sub.support_y, sub.environment, WAYS)
+    assert learner.channel_weights(same, sample=True)[1] == 0  # posterior = prior
+    _, kl = learner.channel_weights(sub, sample=True)
+    prior = mod.distribution(learner.embed(sub.support_x, sub.task), sub.support_y)
+    posterior = mod.distribution(learner.embed(sub.query_x, sub.task), sub.query_y)
+    p, q = (torch.distributions.Normal(m, s.exp()) for m, s in (prior, posterior))
+    forward = torch.distributions.kl_divergence(q, p).sum()   # KL[q || p], the ELBO's term
+    reverse = torch.distributions.kl_divergence(p, q).sum()   # KL[p || q]
+    assert kl > 0 and not torch.isclose(forward, reverse, rtol=1e-3)
+    assert torch.isclose(kl, forward if direction == "posterior-prior" else reverse, rtol=1e-5)
+    kl.backward()  # the KL term trains the modulator (both its prior and posterior passes)
+    assert mod.out.weight.grad.abs().sum() > 0
 
 
 # --------------------------------------------------------------------------- loops
@@ -261,6 +283,12 @@ def test_multitask_algorithms_refuse_fewshot_and_bad_hyperparameters():
         check_hparams("x", hp, ["depth"])
     with pytest.raises(UserError, match=r"methods\.x\.kl_weight.*allowed"):
         resolve_hparams("x", {"algorithm": "mt-am", "kl_weight": 1.0})
+    for bad, match in (({"kl_direction": "q||p"}, r"methods\.x\.kl_direction.*posterior-prior, prior-posterior"),
+                       ({"kl_weight": -1}, r"methods\.x\.kl_weight.*>= 0"),
+                       ({"attention_blocks": 0}, r"methods\.x\.attention_blocks.*>= 1")):
+        _, hp = resolve_hparams("x", {"algorithm": "mt-pam", **bad})
+        with pytest.raises(UserError, match=match):
+            check_hparams("x", hp, ["depth"])
 
 
 def test_params_checks_of_the_multitask_kind():
@@ -280,6 +308,81 @@ def test_params_checks_of_the_multitask_kind():
     bad["experiments"]["mt"]["options"] = {"accuracy_thresholds": {"classification": 1}}
     with pytest.raises(UserError, match="accuracy_thresholds"):
         validate(bad)
+
+
+@pytest.mark.parametrize("preset", ["multitask", "multitask_miniplaces"])
+def test_multitask_presets_are_complete_params_with_table_1_axes(preset):
+    from pathlib import Path
+
+    from mtml.data import imagenet, places, scenes, sources
+    from mtml.params import load
+
+    params = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")  # validates, kind checks too
+    defaults = {"miniimagenet": imagenet.MINI_DEFAULTS, "miniplaces": places.DEFAULTS}
+    for name, cfg in params["datasets"].items():
+        assert cfg["source"] in sources.load_sources()
+        if cfg["source"] == "scenes":
+            scenes.resolve_options(cfg["options"], name)
+        else:
+            sources.check_options(name, cfg["options"], defaults[cfg["source"]])
+    hps = [resolve_hparams(m, c)[1] | {"algorithm": resolve_hparams(m, c)[0].algorithm}
+           for m, c in params["methods"].items()]
+    assert {"mt-anil", "mt-am", "mt-pam"} <= {h["algorithm"] for h in hps}
+    assert {32, 64} <= {h["filters"] for h in hps}
+    for exp in params["experiments"].values():
+        assert exp["kind"] == "multitask" and exp["cross_domain"]
+        assert all(params["datasets"][d]["source"] == ("scenes" if preset == "multitask" else "miniplaces")
+                   for d in exp["cross_domain"])
+    if preset == "multitask":  # single vs multi meta task, fixed vs uncertainty weighting
+        assert {h["tasks"] for h in hps} == {"single", "multi"}
+        assert {h["loss_weighting"] for h in hps} == {"fixed", "uncertainty"}
+        assert set(params["analyses"]) == {"multitask-table", "optimal-attention", "attention-weights",
+                                           "multitask-speed"}
+
+
+def test_speed_timing_takes_turns_and_gives_per_subtask_medians(monkeypatch):
+    import types
+
+    import mtml.analysis.multitask as analyses
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(analyses, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class Fake:  # a learner whose meta-update and inference take known (fake-clock) times
+        def __init__(self, name, update_s, predict_s):
+            self.name, self.update_s, self.predict_s, self.mode = name, update_s, predict_s, "train"
+
+        def make_optimizer(self, lr):
+            return None
+
+        def train_step(self, batch, opt, scheduler):
+            assert self.mode == "train"
+            calls.append(("update", self.name))
+            clock[0] += self.update_s * (3 if len(calls) == 1 else 1)  # a slow first call: the warm-up
+
+        def predict(self, sub):
+            assert self.mode == "eval"
+            calls.append(("predict", self.name))
+            clock[0] += self.predict_s * (4 if sub.task == "depth" else 1)
+
+        def eval(self):
+            self.mode = "eval"
+
+        def train(self, mode=True):
+            self.mode = "train"
+
+    batch = {"depth": [0, 1], "normals": [2, 3]}  # 4 subtasks per meta-update
+    tests = [types.SimpleNamespace(task=t) for t in ("depth", "normals", "normals", "normals")]
+    out = analyses.time_learners({"am": Fake("am", 0.4, 0.1), "maml": Fake("maml", 1.0, 0.25)}, [batch] * 4, tests)
+    assert out["am"]["train_seconds_per_subtask"] == pytest.approx(0.1)
+    assert out["maml"]["train_seconds_per_subtask"] == pytest.approx(0.25)
+    # per task medians (depth 4x dearer), then their mean: not the median of the pooled subtasks
+    assert out["am"]["inference_seconds_per_task"] == pytest.approx({"depth": 0.4, "normals": 0.1})
+    assert out["am"]["inference_seconds_per_subtask"] == pytest.approx(0.25)
+    assert out["maml"]["inference_seconds_per_subtask"] == pytest.approx(0.625)
+    assert out["am"]["train_updates_timed"] == 3 and out["maml"]["inference_subtasks_timed"] == 4
+    assert calls[2:8] == [("update", "am"), ("update", "maml")] * 3   # after one warm-up each: turns
+    assert calls[8:] == [("predict", "am"), ("predict", "maml")] * 4
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +444,7 @@ VARIANTS = {  # Table 1's axes: baseline / AM / P-AM, single / multi meta task, 
     "anil": {"algorithm": "mt-anil"},
     "anil-single": {"algorithm": "mt-anil", "tasks": "single"},
     "am": {"algorithm": "mt-am"},
+    "am-single": {"algorithm": "mt-am", "tasks": "single"},
     "pam": {"algorithm": "mt-pam"},
     "am-16-uw": {"algorithm": "mt-am", "filters": 16, "loss_weighting": "uncertainty",
                  "pretrained_heads": ["vanishing_point"]},
@@ -468,7 +572,7 @@ def test_analyses_write_their_tables_and_figures(pipeline, monkeypatch):
     table = (out["multitask-table"] / "table.md").read_text()
     assert all(f"| {m} |" in table for m in VARIANTS) and "cross-domain" in table
     optimal = json.loads((out["optimal-attention"] / "optimal_attention.json").read_text())
-    assert {r["method"] for r in optimal["subtasks"]} == {"am", "pam", "am-16-uw"}
+    assert {r["method"] for r in optimal["subtasks"]} == {"am", "am-single", "pam", "am-16-uw"}
     for r in optimal["subtasks"]:
         assert -1 <= r["cosine"] <= 1 and len(r["cosine_per_block"]) == 4
         assert r["loss_optimal"] <= r["loss_unmodulated"] + 1e-6  # learning w alone helps
@@ -477,4 +581,7 @@ def test_analyses_write_their_tables_and_figures(pipeline, monkeypatch):
     assert any(w.get("subtasks") == 24 for w in weights)
     speed = json.loads((out["multitask-speed"] / "speed.json").read_text())[0]
     assert speed["timings"]["maml"]["method"] == "mt-maml (built)"
+    assert speed["timings"]["am"]["method"] == "am"  # the multi-meta-task AM, not am-single
+    assert set(speed["timings"]["am"]["inference_seconds_per_task"]) == set(TASKS)
+    assert speed["timings"]["am"]["train_updates_timed"] == 3
     assert speed["train_speedup_am_vs_maml"] > 0 and speed["inference_speedup_am_vs_maml"] > 0

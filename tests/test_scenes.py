@@ -77,6 +77,25 @@ def test_depth_of_the_floor_matches_the_ray_plane_intersection_for_a_tilted_came
     assert np.allclose(uv, rays[floor, :2] / geom.tan_half[0])
 
 
+def test_depth_is_z_depth_of_the_closed_form_floor_and_not_the_ray_length():
+    # Level camera at height h: the floor seen at normalised image row v > 0 (down) lies at
+    # z-depth h / (v tan(fov/2)), whatever the column; its distance along the ray is longer.
+    h, fov, size = 1.5, 60.0, 16
+    geom = _geometry(cam=(2.0, h, 0.5), fov=fov)
+    depth, _ = dense_labels(geom, size)
+    hits = trace(geom, pixel_rays(size, geom.tan_half))
+    floor = (hits.surface[0] == 0).reshape(size, size)
+    centres = (np.arange(size) + 0.5) * 2 / size - 1      # pixel centres in [-1, 1]
+    v, u = np.meshgrid(centres, centres, indexing="ij")
+    tan_half = np.tan(np.radians(fov) / 2)
+    expected = h / (v * tan_half)
+    assert floor.sum() > 20 and (v[floor] > 0).all()
+    assert np.allclose(depth[0, 0][floor], expected[floor])
+    ray_length = expected * np.sqrt(1 + (u**2 + v**2) * tan_half**2)
+    off_axis = floor & (np.abs(u) > 0.5)
+    assert off_axis.any() and (ray_length[off_axis] > depth[0, 0][off_axis] + 0.05).all()
+
+
 def test_normals_are_unit_and_match_the_hit_surface():
     sphere_c, r = np.array([1.5, 0.5, 3.0]), 0.5
     geom = _geometry(pitch=np.radians(15), objects=[(SPHERE, sphere_c, (r, r, r)),
@@ -120,6 +139,18 @@ def test_a_vanishing_point_is_the_projection_of_a_far_point_along_its_direction(
             continue
         far = project(cam + 1e7 * direction, cam, rot, tan_half)
         assert np.allclose(h[k, :2] / h[k, 2], far, rtol=1e-5, atol=1e-5)
+
+
+def test_vanishing_points_of_a_turned_and_of_a_tilted_camera_in_closed_form():
+    tan_half = np.tan(np.radians(30))
+    yaw = np.radians(20)  # turned towards +x (the camera's left): the room's z axis vanishes right of centre
+    h = vanishing_points(camera_rotation(yaw, 0.0, 0.0)[None], tan_half)[0]
+    assert np.allclose(h[2, :2] / h[2, 2], [np.tan(yaw) / tan_half, 0.0])
+    assert abs(h[1, 2]) < 1e-12 and abs(h[0, 1]) < 1e-12  # vertical lines stay parallel in the image
+    pitch = np.radians(15)  # looking down: the horizon rises, verticals meet far below the centre
+    h = vanishing_points(camera_rotation(0.0, pitch, 0.0)[None], tan_half)[0]
+    assert np.allclose(h[2, :2] / h[2, 2], [0.0, -np.tan(pitch) / tan_half])
+    assert np.allclose(h[1, :2] / h[1, 2], [0.0, 1.0 / (np.tan(pitch) * tan_half)])
 
 
 def test_points_at_infinity_are_finite_homogeneous_vectors():

@@ -23,6 +23,7 @@ layout) and write under `out_dir`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,8 +39,8 @@ OPTIMAL_STEPS = 40         # Adam steps learning w alone
 OPTIMAL_LR = 0.05
 OPTIMAL_SUBTASKS = 2       # test subtasks per task
 OPTIMAL_MAX_ITEMS = 120    # "all the data" of a subtask, subsampled beyond this (seeded)
-SPEED_REPEATS = 5
-SPEED_SUBTASKS = 5
+SPEED_REPEATS = 10        # timed meta-updates per learner (after one warm-up)
+SPEED_SUBTASKS = 10       # timed test subtasks per task and learner
 
 
 # --------------------------------------------------------------------------- helpers
@@ -390,26 +391,45 @@ def _speed_learners(params: dict, exp: str, mt, image_shape) -> dict[str, object
     return out
 
 
-def time_learner(learner, batches: list[dict], test_subtasks: list) -> dict[str, float]:
-    """Median seconds per subtask of a meta-update and of inference."""
-    opt = learner.make_optimizer(1e-3)
+def time_learners(learners: dict[str, object], batches: list[dict], test_subtasks: list) -> dict[str, dict]:
+    """Seconds per subtask of a meta-update and of inference, for each learner.
+
+    Training: the median over timed meta-updates of (update time / subtasks in the update).
+    Inference: the median over a task's test subtasks, averaged over tasks (a median of the
+    pooled subtasks would pick one task's cost). The learners take turns (one meta-update of
+    each, then the next batch; one test subtask of each, then the next), so a change of
+    machine load during the measurement slows them alike instead of biasing the ratio.
+    `batches[0]` is a warm-up update, not timed.
+    """
     per_update = sum(len(v) for v in batches[0].values())
-    learner.train_step(batches[0], opt, None)  # warm-up
-    train = []
+    opts = {role: learner.make_optimizer(1e-3) for role, learner in learners.items()}
+    for role, learner in learners.items():
+        learner.train_step(batches[0], opts[role], None)  # warm-up
+    train: dict[str, list[float]] = {role: [] for role in learners}
     for batch in batches[1:]:
-        t0 = time.perf_counter()
-        learner.train_step(batch, opt, None)
-        train.append((time.perf_counter() - t0) / per_update)
-    learner.eval()
-    infer = []
+        for role, learner in learners.items():
+            t0 = time.perf_counter()
+            learner.train_step(batch, opts[role], None)
+            train[role].append((time.perf_counter() - t0) / per_update)
+    infer: dict[str, dict[str, list[float]]] = {role: {} for role in learners}
+    for learner in learners.values():
+        learner.eval()
     with torch.no_grad():
         for sub in test_subtasks:
-            t0 = time.perf_counter()
-            learner.predict(sub)
-            infer.append(time.perf_counter() - t0)
-    learner.train()
-    return {"train_seconds_per_subtask": float(np.median(train)),
-            "inference_seconds_per_subtask": float(np.median(infer))}
+            for role, learner in learners.items():
+                t0 = time.perf_counter()
+                learner.predict(sub)
+                infer[role].setdefault(sub.task, []).append(time.perf_counter() - t0)
+    for learner in learners.values():
+        learner.train()
+    out = {}
+    for role in learners:
+        per_task = {task: float(np.median(ts)) for task, ts in infer[role].items()}
+        out[role] = {"train_seconds_per_subtask": float(np.median(train[role])),
+                     "inference_seconds_per_subtask": float(np.mean(list(per_task.values()))),
+                     "inference_seconds_per_task": per_task, "train_updates_timed": len(train[role]),
+                     "inference_subtasks_timed": sum(len(ts) for ts in infer[role].values())}
+    return out
 
 
 @register_analysis("multitask-speed")
@@ -426,15 +446,20 @@ def multitask_speed(params: dict, metrics_root: Path, out_dir: Path) -> None:
         for task in mt.tasks:
             subs = manifest_subtasks(bank, task, _test_manifest(metrics_root, exp, task.name))
             tests += [sub for _, (_, sub) in zip(range(SPEED_SUBTASKS), subs)]
+        chosen = _speed_learners(params, exp, mt, bank.image_shape)
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        measured = time_learners({role: learner for role, (_, learner) in chosen.items()}, batches, tests)
         timings = {}
-        for role, (meth, learner) in _speed_learners(params, exp, mt, bank.image_shape).items():
-            timings[role] = {"method": meth, **time_learner(learner, batches, tests)}
+        for role, (meth, _) in chosen.items():
+            timings[role] = {"method": meth, **measured[role]}
             run = Path(metrics_root) / "runs" / exp / meth / "timing_train.json"
             if run.exists():  # the real training run's wall time, for context
                 timings[role]["run_train_seconds"] = json.loads(run.read_text())["train_seconds"]
         am, maml = timings["am"], timings["maml"]
+        load = [load_before, os.getloadavg()[0]] if load_before is not None else None
         results.append({
-            "experiment": exp, "device": "cpu", "threads": torch.get_num_threads(), "timings": timings,
+            "experiment": exp, "device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "load_average_1min_before_after": load, "timings": timings,
             "train_speedup_am_vs_maml": round(maml["train_seconds_per_subtask"] / am["train_seconds_per_subtask"], 3),
             "inference_speedup_am_vs_maml": round(
                 maml["inference_seconds_per_subtask"] / am["inference_seconds_per_subtask"], 3),

@@ -27,6 +27,7 @@ SOURCE_MODULES = [
     "mtml.data.imagenet",
     "mtml.data.cub",
     "mtml.data.aircraft",
+    "mtml.data.places",
 ]
 
 

@@ -11,7 +11,8 @@ multiplied channel-wise by (1 - w) (`modulation_hook`, through Conv4's `block_ho
   exactly and a fresh modulator leaves the network unchanged; 1 - w stays in (0, 2).
 - `ProbabilisticFeatureModulator` (P-AM): the pooled set gives a diagonal Gaussian over
   z_w (w = tanh z_w). Training samples z_w from the posterior q(z_w | query set) and adds
-  KL[q || p] to the prior p(z_w | support set) (the ELBO); tests use the prior's mean.
+  KL[q || p] to the prior p(z_w | support set) (the ELBO; the learner's `kl_direction`
+  can take KL[p || q] instead); tests use the prior's mean.
 
 `label_encoder` turns a task's labels into vectors (a `LabelCompressor` for pixel labels,
 identity for class one-hots and vanishing points); it belongs to the modulator's
@@ -103,7 +104,8 @@ class ProbabilisticFeatureModulator(FeatureModulator):
 
 
 def gaussian_kl(mean_q: Tensor, log_std_q: Tensor, mean_p: Tensor, log_std_p: Tensor) -> Tensor:
-    """KL[q || p] of diagonal Gaussians, summed over dimensions."""
+    """KL[q || p] of diagonal Gaussians q = N(mean_q, std_q^2), p = N(mean_p, std_p^2), summed
+    over dimensions (the expectation is under the first one; swap the pairs for KL[p || q])."""
     var_q, var_p = (2 * log_std_q).exp(), (2 * log_std_p).exp()
     return (log_std_p - log_std_q + (var_q + (mean_q - mean_p) ** 2) / (2 * var_p) - 0.5).sum()
 

@@ -14,8 +14,9 @@ per-task weights or by learned uncertainties (Kendall et al. 2018, see `combine`
   scaled by (1 - w) and the head adapts on the modulated embeddings. The modulators Psi_j
   have their own learning rate `attention_lr` (gamma, eq. 5).
 - `mt-pam`: the same with a `ProbabilisticFeatureModulator`: training samples w from the
-  posterior q(z_w | query set) and adds `kl_weight` * KL[q || p(z_w | support set)] (ELBO,
-  section 4.2); evaluation uses the prior's mean.
+  posterior q(z_w | query set) and adds `kl_weight` * KL[q || p(z_w | support set)] (the
+  ELBO's direction, section 4.2; `kl_direction: prior-posterior` takes KL[p || q], the
+  divergence as the issue writes it); evaluation uses the prior's mean.
 - `mt-maml`: MAML-style full adaptation (backbone and head in the inner loop), the speed
   baseline of the paper's comparison.
 
@@ -60,7 +61,9 @@ BASE_DEFAULTS = {
     "pretrained_heads": [],      # tasks whose head is trained across domains, not adapted
 }
 AM_DEFAULTS = {**BASE_DEFAULTS, "attention_lr": 0.001, "attention_dim": 64, "attention_blocks": 2}
-PAM_DEFAULTS = {**AM_DEFAULTS, "kl_weight": 0.01}
+PAM_DEFAULTS = {**AM_DEFAULTS, "kl_weight": 0.01,
+                "kl_direction": "posterior-prior"}  # KL[q || p] (ELBO) | prior-posterior: KL[p || q]
+KL_DIRECTIONS = ("posterior-prior", "prior-posterior")
 
 
 def check_hparams(method: str, hp: dict, task_names: list[str]) -> None:
@@ -87,6 +90,14 @@ def check_hparams(method: str, hp: dict, task_names: list[str]) -> None:
             if not isinstance(v, numbers.Real) or isinstance(v, bool) or v < 0:
                 raise UserError(f"{key(k)}.{name} must be a number >= 0; got {v!r}")
 
+    for k in ("attention_dim", "attention_blocks"):
+        if k in hp and (not isinstance(hp[k], int) or isinstance(hp[k], bool) or hp[k] < 1):
+            raise UserError(f"{key(k)} must be an integer >= 1; got {hp[k]!r}")
+    for k in ("attention_lr", "kl_weight"):
+        if k in hp and (not isinstance(hp[k], numbers.Real) or isinstance(hp[k], bool) or hp[k] < 0):
+            raise UserError(f"{key(k)} must be a number >= 0; got {hp[k]!r}")
+    if "kl_direction" in hp and hp["kl_direction"] not in KL_DIRECTIONS:
+        raise UserError(f"{key('kl_direction')} is {hp['kl_direction']!r}; allowed: {', '.join(KL_DIRECTIONS)}")
     per_task("inner_lr", hp["inner_lr"])
     per_task("task_weights", hp["task_weights"])
     heads = hp["pretrained_heads"]
@@ -175,7 +186,8 @@ class MultiTaskLearner(MetaLearner):
 
     def channel_weights(self, sub: Subtask, sample: bool) -> tuple[Tensor | None, Tensor]:
         """(w or None, KL term). AM: w from the support set. P-AM: w sampled from the
-        query-set posterior when `sample` (training), else the support-set prior's mean."""
+        query-set posterior q when `sample` (training), with KL[q || p] to the support-set
+        prior p (KL[p || q] with `kl_direction: prior-posterior`), else the prior's mean."""
         zero = sub.support_x.new_zeros(())
         if self.modulator_cls is None:
             return None, zero
@@ -187,7 +199,10 @@ class MultiTaskLearner(MetaLearner):
         if not sample:
             return torch.tanh(mean_p), zero
         mean_q, log_std_q = mod.distribution(self.embed(sub.query_x, sub.task), self.label_vectors(sub, sub.query_y))
-        return mod.sample(mean_q, log_std_q), gaussian_kl(mean_q, log_std_q, mean_p, log_std_p)
+        w = mod.sample(mean_q, log_std_q)  # before the KL term: the same graph (and floats) as before the option
+        if self.hp["kl_direction"] == "prior-posterior":
+            return w, gaussian_kl(mean_p, log_std_p, mean_q, log_std_q)
+        return w, gaussian_kl(mean_q, log_std_q, mean_p, log_std_p)
 
     def query_output(self, sub: Subtask, w: Tensor | None, steps: int, first_order: bool) -> Tensor:
         """Adapt on the support set under channel weights w; return the query predictions."""
