@@ -2,6 +2,8 @@
 
 - dvc.yaml keeps large outputs (data, models, traces) in the DVC cache, small metrics in git,
   and persists the training checkpoints (DVC does not delete them before a rerun).
+- In this repository no cached output is tracked by git and all are git-ignored (else
+  `dvc repro` in a fresh clone stops), and .dvc/config turns off analytics and update checks.
 - Changing one method's hyperparameter makes `dvc status` list only that method's train and
   evaluate stages plus aggregate; `dvc exp run -S` reruns exactly those, `dvc exp show` lists
   the experiment with its params and metrics.
@@ -86,11 +88,48 @@ def test_large_outputs_in_the_dvc_cache_metrics_in_git(repo):
             assert f"metrics/runs/tiny/{meth}/{name}" in tracked
         assert (repo / f"models/tiny/{meth}/checkpoint.pt").exists()
     assert {"metrics/summary.json", "metrics/summary.md", "metrics/plots/accuracy.png", "dvc.lock"} <= tracked
+    # The repository's .gitignore already ignores every cached output: DVC needed no .gitignore of
+    # its own (else a Snakemake run, which writes the same files, then `git add -A` would commit them).
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob(".gitignore")) == [".dvc/.gitignore", ".gitignore"]
     # The lock file names the cached model, and the cache holds it.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     md5 = next(o["md5"] for o in lock["stages"]["train@tiny-maml"]["outs"] if o["path"].endswith("model.pt"))
     assert list((repo / ".dvc/cache").rglob(md5[2:])), md5
     assert _run(["git", "status", "--porcelain"], repo) == ""
+
+
+def test_no_cached_output_is_tracked_or_unignored_in_this_repository():
+    """`dvc repro` in a clone of this repository stops at any DVC-cached output that git tracks
+    ("output ... is already tracked by SCM"), and one that git does not ignore would be committed
+    by the first `git add -A` after a Snakemake run. Checked on the repository's own dvc.yaml,
+    params.yaml, .gitignore and git index."""
+    if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout: nothing is tracked")
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as dvc:
+        cached = sorted({str(Path(o.fs_path).relative_to(ROOT)) for s in dvc.index.stages for o in s.outs
+                         if o.use_cache})
+    assert any(p.endswith("trace.jsonl") for p in cached) and any(p.endswith("model.pt") for p in cached), cached
+    tracked = _run(["git", "ls-files", "-z", "--", *cached], ROOT).split("\0")
+    tracked = [t for t in tracked if t]
+    assert not tracked, f"git tracks DVC-cached outputs; untrack them: git rm --cached {' '.join(tracked)}"
+    # (exit status 1 when none is ignored)
+    check = subprocess.run(["git", "check-ignore", "--no-index", "--", *cached], cwd=ROOT, capture_output=True,
+                           text=True)
+    assert check.returncode in (0, 1), check.stderr
+    ignored = set(check.stdout.split())
+    unignored = [p for p in cached if p not in ignored]
+    assert not unignored, f"DVC-cached outputs that .gitignore does not ignore: {unignored}"
+
+
+def test_dvc_config_sends_nothing_home():
+    """A clone's .dvc/config turns off DVC's usage analytics and update check (offline runs, CI)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc/config")
+    assert config.get("core", "analytics") == "false" and config.get("core", "check_update") == "false"
 
 
 def test_experiment_reruns_one_method_and_branches_diff(repo):

@@ -1,6 +1,8 @@
 """The pipeline through the Snakemake SLURM executor, on a real one-node SLURM cluster.
 
 - A slurm-profile run without partition/account stops with one error before any sbatch.
+- The slurm profile asks for memory, time and CPUs per rule (train/evaluate also for a GPU when
+  params say cuda), with CPUs equal to the torch threads of params.
 - scripts/slurm_local.sh starts slurmctld/slurmd/munged on 127.0.0.1 (skipped, with the
   reason, where that cannot be done: no root, no apt, daemons that do not come up).
 - The tiny pipeline runs through workflow/profiles/slurm-local: every train/evaluate job is
@@ -23,12 +25,15 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts/slurm_local.sh"
 BIN = Path(sys.executable).parent
 # Timings are measured, hence differ between runs; everything else must be identical.
 TIMING_FILES = {"timing_train.json", "timing_eval.json"}
+# Any SLURM submission of the controller, whatever the rule.
+ANY_SUBMITTED = re.compile(r"has been submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/tiny_([\w-]+)/\d+\.log\)")
 
 pytestmark = pytest.mark.slow
@@ -97,6 +102,52 @@ def test_missing_partition_or_account_stops_before_any_submission(tmp_path):
     resources = [line for line in r.stdout.splitlines() if "resources:" in line]
     assert len(resources) == 11, r.stdout[-3000:]  # prepare x2, episodes, train x3, evaluate x3, aggregate, all
     assert all("slurm_partition=all, slurm_account=1234" in line for line in resources), resources
+
+
+def _job_resources(dry_run: str) -> dict[str, list[dict[str, str]]]:
+    """rule -> the resources of each of its jobs, from a dry run's job listing."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in dry_run.splitlines():
+        line = line.strip()
+        if m := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            rule = m.group(1)
+        elif line.startswith("resources:") and rule:
+            items = line.removeprefix("resources:").strip().split(", ")
+            jobs.setdefault(rule, []).append(dict(item.split("=", 1) for item in items))
+    return jobs
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_slurm_profile_asks_for_memory_time_cpus_and_gpu(tmp_path, device):
+    """What workflow/profiles/slurm (and the rules' gpu resource) ask the cluster for."""
+    root = _workdir(tmp_path / "w")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.update(device=device, threads=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = _clean_env(SBATCH_PARTITION="gpu", SBATCH_ACCOUNT="proj")
+    # --cores 2: a dry run otherwise caps every job at one thread (a real cluster run does not).
+    out = _run(["snakemake", "--profile", "workflow/profiles/slurm", "all", "-n", "--forceall", "--cores", "2"],
+               root, env).stdout
+    jobs = _job_resources(out)
+    gpu = "1" if device == "cuda" else "0"
+    want = {
+        "prepare": {"mem_mb": "16000", "runtime": "240", "cpus_per_task": "2"},
+        "episodes": {"mem_mb": "4000", "runtime": "60", "cpus_per_task": "1"},
+        "train": {"mem_mb": "16000", "runtime": "720", "cpus_per_task": "2", "gpu": gpu},
+        "evaluate": {"mem_mb": "8000", "runtime": "120", "cpus_per_task": "2", "gpu": gpu},
+    }
+    assert {rule: len(js) for rule, js in jobs.items() if rule in want} == {
+        "prepare": 2, "episodes": 1, "train": 3, "evaluate": 3}, out[-3000:]
+    for rule, res in want.items():
+        for job in jobs[rule]:
+            assert {k: job.get(k) for k in res} == res, (rule, job)
+            assert job["slurm_partition"] == "gpu" and job["slurm_account"] == "proj"
+            if rule in ("prepare", "episodes"):
+                assert job.get("gpu", "0") == "0", (rule, job)
+    # The jobs' torch threads are the CPUs they asked for.
+    train_cmds = [line for line in out.splitlines() if line.startswith("Shell command: python -m mtml train")]
+    assert len(train_cmds) == 3 and all("--threads 2 " in c for c in train_cmds), train_cmds
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +270,13 @@ def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
         assert states[job] == "COMPLETED"
         tres = _run(["scontrol", "show", "job", job], root, env).stdout
         assert ("gres:gpu:1" in tres) == (meth == "maml"), tres
+        # The profile's memory, time and CPUs reached sbatch.
+        assert "MinMemoryNode=2000M" in tres and "TimeLimit=00:30:00" in tres and "NumCPUs=1 " in tres, tres
     for log in (log1, log2):
         assert not re.search(r"localrule (train|evaluate)", log)
+        # Only train and evaluate went to SLURM: the short rules are localrules.
+        assert set(ANY_SUBMITTED.findall(log)) <= {"train", "evaluate"}, log[-3000:]
+    assert "localrule aggregate:" in log2 and "localrule all:" in log2, log2[-3000:]
     assert len({job for job, _, _ in jobs1 + jobs2}) == len(jobs1) + len(jobs2) == 8
 
     assert local.wait(timeout=400) == 0, local.stdout.read()[-3000:]

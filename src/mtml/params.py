@@ -70,7 +70,9 @@ def validate(params: dict) -> dict:
     """Return a validated copy with defaults filled; raise UserError with one clear message."""
     schema = _schema()
     params = copy.deepcopy(params or {})
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(params), key=lambda e: list(e.absolute_path))
+    # the draft the schema declares (2020-12), as Snakemake's validate() uses
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         raise UserError(_message(errors[0], schema))
     _fill_defaults(params, schema, schema)
