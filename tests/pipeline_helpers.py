@@ -35,15 +35,14 @@ def tiny_params(**overrides) -> dict:
     return validate(p)
 
 
-def run_pipeline(params: dict, root: Path, methods=None) -> dict:
-    """prepare -> episodes -> train -> evaluate for every (experiment, method) under `root`.
+def run_pipeline(params: dict, root: Path, methods=None, device="cpu", evaluate_on=None) -> dict:
+    """prepare -> episodes -> train (on `device`) -> evaluate (on `evaluate_on`, default the
+    same device) for every (experiment, method) under `root`, whatever the experiments' kind.
 
     Returns {(experiment, method): eval rows}. Datasets are prepared once per root.
     """
     from mtml.data.sources import prepare_dataset
-    from mtml.episodes.build import build_experiment_episodes
-    from mtml.evaluation.evaluate import evaluate
-    from mtml.training.trainer import train
+    from mtml.kinds import KINDS
 
     root = Path(root)
     processed, episodes = root / "data/processed", root / "data/episodes"
@@ -51,13 +50,15 @@ def run_pipeline(params: dict, root: Path, methods=None) -> dict:
         if not (processed / name).exists():
             prepare_dataset(name, cfg, root / "data/raw", processed, params["seed"])
     results = {}
-    dev = torch.device("cpu")
-    for exp in params["experiments"]:
+    train_dev = torch.device(device)
+    eval_dev = torch.device(evaluate_on) if evaluate_on is not None else train_dev
+    for exp, exp_cfg in params["experiments"].items():
+        kind = KINDS[exp_cfg["kind"]]
         if not (episodes / exp).exists():
-            build_experiment_episodes(params, exp, processed, episodes)
+            kind.episodes(params, exp, processed, episodes)
         for meth in methods or params["methods"]:
             model_dir, metrics_dir = root / "models" / exp / meth, root / "metrics/runs" / exp / meth
-            train(params, exp, meth, processed, episodes, model_dir, metrics_dir, dev)
-            results[(exp, meth)] = evaluate(params, exp, meth, model_dir / "model.pt", processed,
-                                            episodes, metrics_dir, dev)
+            kind.train(params, exp, meth, processed, episodes, model_dir, metrics_dir, train_dev)
+            results[(exp, meth)] = kind.evaluate(params, exp, meth, model_dir / "model.pt", processed,
+                                                 episodes, metrics_dir, eval_dev)
     return results

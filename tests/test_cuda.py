@@ -20,7 +20,7 @@ from mtml.methods import build
 from mtml.methods.base import MetaLearner
 from mtml.params import validate
 
-from pipeline_helpers import TINY, tiny_params
+from pipeline_helpers import TINY, run_pipeline, tiny_params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU visible to torch (these tests run on a GPU machine)")
@@ -81,26 +81,9 @@ def test_prepared_images_are_held_on_the_gpu(tmp_path):
 
 
 def _run(params, root, device, methods=None, evaluate_on=None):
-    """prepare -> episodes -> train (on `device`) -> evaluate (on `evaluate_on`, default the
-    same device) for every method of the single experiment in `params`."""
-    from mtml.data.sources import prepare_dataset
-    from mtml.kinds import KINDS
-
-    (exp, cfg), = params["experiments"].items()
-    kind = KINDS[cfg.get("kind", "fewshot")]
-    processed, episodes = root / "data/processed", root / "data/episodes"
-    for name, dcfg in params["datasets"].items():
-        if not (processed / name).exists():
-            prepare_dataset(name, dcfg, root / "data/raw", processed, params["seed"])
-    if not (episodes / exp).exists():
-        kind.episodes(params, exp, processed, episodes)
-    rows = {}
-    for meth in methods or params["methods"]:
-        model_dir, metrics_dir = root / "models" / exp / meth, root / "metrics/runs" / exp / meth
-        kind.train(params, exp, meth, processed, episodes, model_dir, metrics_dir, device)
-        rows[meth] = kind.evaluate(params, exp, meth, model_dir / "model.pt", processed, episodes,
-                                   metrics_dir, evaluate_on or device)
-    return rows
+    """{method: eval rows} of the single experiment in `params`."""
+    return {meth: rows for (_, meth), rows in
+            run_pipeline(params, root, methods, device, evaluate_on).items()}
 
 
 FEWSHOT_METHODS = {"pixel-nn": {}, "protonet": SMALL, "maml": SMALL, "anil": SMALL, "metasgd": SMALL,

@@ -187,16 +187,21 @@ def test_tasks_use_only_their_own_mode_and_the_mix_follows_params():
 
     ep = stream.sample()
     assert ep.support_x.shape == (3, 3, 16, 16)
-    state = stream.state()
-    a = stream.batch(5)
-    stream.set_state(state)
-    b = stream.batch(5)
+    state, a, b = _replayed_batches(stream, 5)
     assert [e.mode for e in a] == [e.mode for e in b]
     assert all(torch.equal(x.support_x, y.support_x) for x, y in zip(a, b))
     # the images of an episode are those of its mode's bank
     stream.set_state(state)
     mode, _, support, query = stream.draw()
     assert torch.equal(b[0].query_x, banks[mode].gather(query)) and b[0].mode == mode
+
+
+def _replayed_batches(stream, size):
+    """(state, a batch drawn from `state`, the batch drawn again after restoring `state`)."""
+    state = stream.state()
+    first = stream.batch(size)
+    stream.set_state(state)
+    return state, first, stream.batch(size)
 
 
 def test_a_meta_batch_mixes_modes_and_a_zero_weight_mode_never_appears():
@@ -227,10 +232,7 @@ def test_balanced_batches_mix_every_time_independent_ones_do_not():
     ind = MultimodalStream(_banks(), [1, 1, 1], "train", 3, 1, 2, seed=0)
     assert any(sorted(ep.mode for ep in ind.batch(3)) != [0, 1, 2] for _ in range(60))
     # a balanced stream resumes exactly from its state, as the trainer's checkpoint needs
-    state = bal.state()
-    a = bal.batch(4)
-    bal.set_state(state)
-    b = bal.batch(4)
+    _, a, b = _replayed_batches(bal, 4)
     assert [e.mode for e in a] == [e.mode for e in b]
     assert all(torch.equal(x.query_x, y.query_x) for x, y in zip(a, b))
 

@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from mtml.data.imageset import (
+    IMAGE_SUFFIXES,
     ClassSpec,
     Collected,
     check_choice,
@@ -116,9 +117,6 @@ IMAGENET_URL = "https://image-net.org/download.php"
 RAVI_CSV_URL = "https://github.com/twitter/meta-learning-lstm/tree/master/data/miniImagenet"
 REN_CSV_URL = "https://github.com/renmengye/few-shot-ssl-public/tree/master/fewshot/data/tiered_imagenet_split"
 WNID = re.compile(r"^n\d{8}$")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# Above this many bytes the decoded images go to a memory-mapped scratch file.
-IN_MEMORY_LIMIT = 4 << 30
 
 MINI_DEFAULTS = {"local": None, "layout": "auto", "split_csv": None,
                  "images_per_class": MINI_IMAGES_PER_CLASS, "image_size": 84}
@@ -454,12 +452,9 @@ def _options(name: str, source: str, options: dict) -> tuple[dict, Path, str]:
 
 def _finish(name: str, source: str, col: Collected, opts: dict, root: Path, layout: str, info: dict,
             raw_dir: Path, out_dir: Path, complete: bool) -> None:
-    size = opts["image_size"]
-    big = len(col.items) * 3 * size * size > IN_MEMORY_LIMIT
     meta = {"source": source, "dataset": name, "from": str(root), "layout": layout, **info,
             "options": json.loads(json.dumps(opts, default=str)), "complete": complete}
-    col.decode_and_write(out_dir, size, f"decode {name}", meta,
-                         scratch=Path(raw_dir) / "decoded.npy" if big else None)
+    col.decode_and_write(out_dir, opts["image_size"], f"decode {name}", meta, scratch_dir=raw_dir)
 
 
 @register_source("miniimagenet")

@@ -288,6 +288,12 @@ def write_classes(out_dir: Path, images: np.ndarray, classes: Sequence[ClassSpec
     write_prepared(out_dir, images, labels, table, meta)
 
 
+# Above this many bytes of decoded images, `Collected.decode_and_write` decodes into a
+# memory-mapped scratch file (tieredImageNet does not fit in memory twice).
+IN_MEMORY_LIMIT = 4 << 30
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the image files the folder layouts read
+
+
 class Collected:
     """Classes in class-id order, each with its image sources (and optional crop boxes)."""
 
@@ -306,8 +312,11 @@ class Collected:
         self.counts.append(len(items))
 
     def decode_and_write(self, out_dir: Path, size: int, label: str, meta: dict,
-                         scratch: Path | None = None) -> None:
-        """Decode every image once (in parallel), then write the prepared form."""
+                         scratch_dir: Path | None = None) -> None:
+        """Decode every image once (in parallel), then write the prepared form. With
+        `scratch_dir`, images over IN_MEMORY_LIMIT bytes decode into a memory-mapped file there."""
+        big = len(self.items) * 3 * size * size > IN_MEMORY_LIMIT
+        scratch = Path(scratch_dir) / "decoded.npy" if scratch_dir is not None and big else None
         boxes = self.boxes if any(b is not None for b in self.boxes) else None
         images = decode_images(self.items, size, label, boxes=boxes, scratch=scratch)
         try:

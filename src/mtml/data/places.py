@@ -26,16 +26,13 @@ import json
 import os
 from pathlib import Path
 
-from mtml.data.imageset import ClassSpec, Collected, check_choice, check_int, check_path, key
+from mtml.data.imageset import IMAGE_SUFFIXES, ClassSpec, Collected, check_choice, check_int, check_path, key
 from mtml.data.sources import check_options, register_source
 from mtml.data.storage import SPLITS
 from mtml.errors import UserError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MINIPLACES_URL = "https://github.com/CSAILVision/miniplaces"
 DEFAULTS = {"local": None, "image_size": 84, "images_per_class": 600, "split": "test"}
-# Above this many bytes the decoded images go to a memory-mapped scratch file.
-IN_MEMORY_LIMIT = 4 << 30
 
 
 def _is_image(name: str) -> bool:
@@ -94,11 +91,8 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
                                 f"'{key(name, 'images_per_class')}' = {per_class} (null takes all)")
             files = files[:per_class]
         col.add(ClassSpec(cls, cls, opts["split"]), [(str(p), p) for p in files])
-    size = opts["image_size"]
-    big = len(col.items) * 3 * size * size > IN_MEMORY_LIMIT
     meta = {"source": "miniplaces", "dataset": name, "from": str(root),
             "selection": ("all images of each class folder" if per_class is None
                           else f"first {per_class} images of each class folder in file-name order"),
             "options": json.loads(json.dumps(opts, default=str))}
-    col.decode_and_write(out_dir, size, f"decode {name}", meta,
-                         scratch=Path(raw_dir) / "decoded.npy" if big else None)
+    col.decode_and_write(out_dir, opts["image_size"], f"decode {name}", meta, scratch_dir=raw_dir)

@@ -100,16 +100,10 @@ class MultimodalStream:
         mode, _, support, query = self.draw(mode)
         return self.banks[mode].episode(support, query)
 
-    def batch_modes(self, size: int) -> list[int] | None:
-        """The modes of the next meta-batch when `batch_mix` is balanced (None: independent)."""
-        if self.batch_mix == "independent":
-            return None
-        return [int(m) for m in balanced_modes(self.rng, self.mix, size)]
-
     def batch(self, size: int) -> list[Episode]:
-        modes = self.batch_modes(size)
-        if modes is None:  # each task draws its own mode
-            return [self.sample() for _ in range(size)]
+        # balanced: the batch's modes first; independent: each task draws its own (None)
+        modes = (balanced_modes(self.rng, self.mix, size).tolist() if self.batch_mix == "balanced"
+                 else [None] * size)
         return [self.sample(m) for m in modes]
 
     def state(self) -> dict:
