@@ -1,34 +1,34 @@
-"""Analysis stages by name (figures and tables drawn from finished runs).
+"""Analysis stages by name (figures and tables drawn from a study's finished runs).
 
-An analysis is `fn(params, metrics_root: Path, out_dir: Path) -> None`; it writes under
-`metrics/analysis/<name>/`. `params['analyses']` lists which ones the pipeline runs.
+An analysis is `fn(study, layout, out_dir: Path) -> None`; the analyse stage gives it a
+temporary folder that becomes `metrics/<study>/analysis/<name>/`. `analyses:` in params lists
+which ones a study runs. Names resolve lazily, so checking a params file imports no analysis.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from pathlib import Path
 
-AnalysisFn = Callable[[dict, Path, Path], None]
-ANALYSES: dict[str, AnalysisFn] = {}
+from mtml.errors import UserError
 
-# Modules that register analyses on import.
-ANALYSIS_MODULES: list[str] = [
-    "mtml.analysis.task_attention",
-    "mtml.analysis.transference",
-    "mtml.analysis.multimodal",
-    "mtml.analysis.multitask",
-]
-
-
-def register_analysis(name: str) -> Callable[[AnalysisFn], AnalysisFn]:
-    def wrap(fn: AnalysisFn) -> AnalysisFn:
-        ANALYSES[name] = fn
-        return fn
-
-    return wrap
+# name -> "module:function"
+ANALYSES: dict[str, str] = {
+    "attention-trend": "mtml.analysis.task_attention:attention_trend",
+    "attention-correlation": "mtml.analysis.task_attention:attention_correlation",
+    "ta-curves": "mtml.analysis.task_attention:ta_curves",
+    "paper-table": "mtml.analysis.task_attention:paper_table_analysis",
+    "transference": "mtml.analysis.transference:transference",
+    "multimodal-table": "mtml.analysis.multimodal:multimodal_table",
+    "multitask-table": "mtml.analysis.multitask:multitask_table",
+    "optimal-attention": "mtml.analysis.multitask:optimal_attention",
+    "attention-weights": "mtml.analysis.multitask:attention_weights",
+    "multitask-speed": "mtml.analysis.multitask:multitask_speed",
+}
 
 
-for _mod in ANALYSIS_MODULES:
-    importlib.import_module(_mod)
+def get_analysis(name: str) -> Callable:
+    if name not in ANALYSES:
+        raise UserError(f"analysis {name!r} is unknown; allowed: {', '.join(sorted(ANALYSES))}")
+    module, _, attr = ANALYSES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

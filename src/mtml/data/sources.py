@@ -56,13 +56,14 @@ def check_options(dataset: str, options: dict, allowed: dict) -> dict:
     return {**allowed, **options}
 
 
-def prepare_dataset(name: str, config: dict, raw_root: Path, out_root: Path, seed: int) -> Path:
+def prepare_dataset(name: str, config: dict, raw_dir: Path, out_dir: Path, seed: int) -> Path:
+    """Prepare dataset `name` (its params entry `config`) into `out_dir`, downloads in `raw_dir`."""
     sources = load_sources()
     source = config.get("source")
     if source not in sources:
         raise UserError(
             f"params key 'datasets.{name}.source' is {source!r}; allowed: {', '.join(sorted(sources))}"
         )
-    out_dir = Path(out_root) / name
-    sources[source](name, dict(config.get("options") or {}), Path(raw_root) / name, out_dir, seed)
+    out_dir = Path(out_dir)
+    sources[source](name, dict(config.get("options") or {}), Path(raw_dir), out_dir, seed)
     return out_dir

@@ -2,7 +2,15 @@
 
 import importlib
 
-from mtml.methods.base import REGISTRY, Episode, MetaLearner, build, resolve_hparams
+from mtml.methods.base import (
+    REGISTRY,
+    Episode,
+    LearnerContext,
+    MetaLearner,
+    build,
+    build_learner,
+    resolve_hparams,
+)
 
 # Each family module registers its algorithms on import.
 FAMILY_MODULES = [
@@ -11,9 +19,10 @@ FAMILY_MODULES = [
     "mtml.methods.multimodal",
     "mtml.methods.learned_optimizer",
     "mtml.methods.task_weighting",
+    "mtml.methods.multitask",
 ]
 
 for _mod in FAMILY_MODULES:
     importlib.import_module(_mod)
 
-__all__ = ["REGISTRY", "Episode", "MetaLearner", "build", "resolve_hparams"]
+__all__ = ["REGISTRY", "Episode", "LearnerContext", "MetaLearner", "build", "build_learner", "resolve_hparams"]
