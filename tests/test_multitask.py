@@ -584,3 +584,30 @@ def test_analyses_write_their_tables_and_figures(pipeline, monkeypatch):
     assert set(speed["timings"]["am"]["inference_seconds_per_task"]) == set(TASKS)
     assert speed["timings"]["am"]["train_updates_timed"] == 3
     assert speed["train_speedup_am_vs_maml"] > 0 and speed["inference_speedup_am_vs_maml"] > 0
+
+
+def test_speed_analysis_compares_backbones_of_the_same_width():
+    import mtml.analysis.multitask as analyses
+
+    p = copy.deepcopy(PIPELINE_PARAMS)
+    p["methods"] = {"am": {"algorithm": "mt-am", "filters": 8}, "maml-wide": {"algorithm": "mt-maml", "filters": 16},
+                    "maml": {"algorithm": "mt-maml", "filters": 8, "inner_steps": 2}}
+    chosen = analyses._speed_learners(make_study(p), "mt", (3, 16, 16))
+    assert chosen["maml"][0] == "maml" and chosen["maml"][1].filters == chosen["am"][1].filters == 8
+    del p["methods"]["maml"]
+    chosen = analyses._speed_learners(make_study(p), "mt", (3, 16, 16))
+    assert chosen["maml"][0] == "mt-maml (built)" and chosen["maml"][1].filters == 8  # not the 16-filter one
+
+
+def test_benchmark_times_multitask_methods_on_the_kinds_own_tasks(tmp_path):
+    from mtml.benchmark import benchmark
+    from mtml.layout import Layout
+
+    p = copy.deepcopy(PIPELINE_PARAMS)
+    p["methods"] = {"am": {"algorithm": "mt-am", "filters": 4}, "maml": {"algorithm": "mt-maml", "filters": 4}}
+    study = make_study(p)
+    result = benchmark(study, Layout(tmp_path, study), "mt", iterations=1, episodes=1)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["setting"]["kind"] == "multitask" and set(rows) == {"am", "maml"}
+    assert all(r["train_iter_per_s"] > 0 and r["eval_episodes_per_s"] > 0 for r in rows.values())
+    assert rows["am"]["parameters"] > rows["maml"]["parameters"]  # the modulators
