@@ -285,8 +285,8 @@ def _rng(seed: int, *key) -> np.random.Generator:
 
 def _paired_p(a: np.ndarray, b: np.ndarray, test) -> float:
     d = a - b
-    if np.ptp(d) == 0:  # all-equal differences: scipy's tests are undefined (zero variance)
-        return 1.0 if d[0] == 0 else 0.0
+    if np.ptp(d) <= 1e-9 * max(1.0, float(np.abs(d).max())):  # all-equal differences: zero variance,
+        return 1.0 if abs(d[0]) <= 1e-9 else 0.0              # scipy's tests are undefined
     return float(test(a, b).pvalue)
 
 
