@@ -171,6 +171,12 @@ def test_seed_summary_rows_per_seed_and_aggregated():
     assert single["ci_high"] - single["ci_low"] == pytest.approx(2 * single["ci95"], rel=0.2)
 
 
+def test_two_seeds_give_a_wide_interval_clipped_to_the_accuracy_range():
+    x = np.array([[40.0, 60.0, 50.0, 55.0], [90.0, 95.0, 85.0, 99.0]])  # two seeds far apart
+    r = C.combined_interval(x, np.random.default_rng(0), 500)
+    assert r["df"] < 3 and (r["ci_low"], r["ci_high"]) == (0.0, 100.0)
+
+
 def test_paired_comparisons_on_a_frame_match_the_pair_statistics():
     rng = np.random.default_rng(10)
     a, b = simulate(rng, seeds=3, episodes=80)
@@ -210,6 +216,26 @@ def test_multimodal_modes_are_pooled_and_paired_by_mode_and_episode():
     table = C.paired_comparisons(pooled, resamples=100)
     assert list(table["dataset"]) == ["glyphs", "shapes", "all"]
     assert table.iloc[2]["episodes"] == 60  # episode ids repeat across modes: (mode, episode) pairs
+
+
+def test_multitask_runs_are_summarised_and_compared_per_task():
+    rng = np.random.default_rng(16)
+    parts = []
+    for task in ("classification", "depth"):
+        for m in ("am", "anil"):
+            part = frame({m: rng.uniform(0, 100, size=(2, 20))}, task=task, environment=1)
+            part["nil_accuracy"] = part["accuracy"] / 2 if task == "classification" else np.nan
+            parts.append(part)
+    df = pd.concat(parts, ignore_index=True)
+    summary = C.seed_summary(df, resamples=100)
+    agg = summary[summary["seed"] == "all"].set_index(["task", "method"])
+    assert len(agg) == 4 and np.isnan(agg.loc[("depth", "am"), "nil_accuracy"])
+    assert agg.loc[("classification", "am"), "nil_accuracy"] == pytest.approx(agg.loc[("classification", "am"), "accuracy"] / 2)
+    table = C.paired_comparisons(df, resamples=100)
+    assert list(table["task"]) == ["classification", "depth"]
+    # published numbers are classification accuracies: matched to the classification row only
+    pub = C.published_comparison(summary, {"exp": {"am": {"test": entry(50.0)}}})
+    assert pub.iloc[0]["measured"] == pytest.approx(agg.loc[("classification", "am"), "accuracy"])
 
 
 def test_bad_input_gives_one_clear_error():

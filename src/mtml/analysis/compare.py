@@ -253,14 +253,16 @@ def hierarchical_bootstrap(x: np.ndarray, rng: np.random.Generator, resamples: i
 
 
 def combined_interval(x: np.ndarray, rng: np.random.Generator, resamples: int = 2000,
-                      alpha: float = 0.05, interval: str = "expanded") -> dict:
+                      alpha: float = 0.05, interval: str = "expanded", bounds=(0.0, 100.0)) -> dict:
     """Mean of x [seeds, episodes] with a CI covering training (seed) and episode variance.
 
     interval="percentile": the hierarchical bootstrap's percentile interval. "expanded"
     (default): that interval stretched about the mean by t(1-alpha/2, df) / z(1-alpha/2), df
     from `variance_components`: with 3 seeds the seed part has 2 degrees of freedom and a
-    percentile interval covers far less than 95% (measured in tests/test_compare.py); with one
-    seed or many, df is large and the two agree."""
+    percentile interval covers less than 95% (tests/test_compare.py, docs/statistics.md); with
+    one seed or many, df is large and the two agree. The interval is clipped to `bounds`, the
+    range the mean can take (accuracy 0-100; -100-100 for differences): with 2 seeds df is near
+    1 and t(0.975, 1) = 12.7 would reach far outside it."""
     if interval not in ("expanded", "percentile"):
         raise UserError(f"interval {interval!r} is unknown; allowed: expanded, percentile")
     g = float(np.mean(x))
@@ -275,7 +277,8 @@ def combined_interval(x: np.ndarray, rng: np.random.Generator, resamples: int = 
         p = float(2 * stats.t.sf(abs(g) / se, df))
     else:
         p = 1.0 if g == 0 else 0.0
-    return {"mean": g, "ci_low": float(min(lo, g)), "ci_high": float(max(hi, g)), "se": se, "df": df, "p": p}
+    lo, hi = max(min(lo, g), bounds[0]), min(max(hi, g), bounds[1])
+    return {"mean": g, "ci_low": float(lo), "ci_high": float(hi), "se": se, "df": df, "p": p}
 
 
 def _rng(seed: int, *key) -> np.random.Generator:
@@ -294,7 +297,7 @@ def compare_pair(xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator, resam
                  alpha: float = 0.05, interval: str = "expanded") -> dict:
     """The statistics of one comparison row (before Holm) from two [seeds x episodes] matrices
     whose rows are the same seeds and whose columns are the same episodes."""
-    comb = combined_interval(xa - xb, rng, resamples, alpha, interval)
+    comb = combined_interval(xa - xb, rng, resamples, alpha, interval, bounds=(-100.0, 100.0))
     ea, eb = xa.mean(axis=0), xb.mean(axis=0)
     S, E = xa.shape
     return {"seeds": S, "episodes": E, "difference": comb["mean"], "ci_low": comb["ci_low"],
@@ -373,8 +376,9 @@ def seed_summary(per_episode: pd.DataFrame, resamples: int = 2000, seed: int = 0
             mean, ci = _mean_ci95(acc)
             row = {**ident, "seed": s, "seeds": 1, "episodes": len(acc), "accuracy": mean, "ci95": ci,
                    "ci_low": mean - ci, "ci_high": mean + ci}
-            if has_nil:
-                row["nil_accuracy"], row["nil_ci95"] = _mean_ci95(gs["nil_accuracy"].dropna().to_numpy(np.float64))
+            nil = gs["nil_accuracy"].dropna().to_numpy(np.float64) if has_nil else []
+            if len(nil):
+                row["nil_accuracy"], row["nil_ci95"] = _mean_ci95(nil)
             rows.append(row)
             seed_means.append(mean)
         x = _matrix(g)
@@ -389,8 +393,8 @@ def seed_summary(per_episode: pd.DataFrame, resamples: int = 2000, seed: int = 0
                "seed_std": sd,
                "seed_ci95": float(stats.t.ppf(0.975, S - 1) * sd / math.sqrt(S)) if S > 1 else math.nan,
                "ci_low": comb["ci_low"], "ci_high": comb["ci_high"], "df": comb["df"]}
-        if has_nil:
-            nil = _matrix(g, "nil_accuracy").to_numpy()
+        nil = _matrix(g, "nil_accuracy").to_numpy() if has_nil else np.empty((0, 0))
+        if nil.size:  # (multi-task runs: dense tasks have no NIL accuracy)
             row["nil_accuracy"], row["nil_ci95"] = float(nil.mean(axis=1).mean()), _mean_ci95(nil.mean(axis=0))[1]
         rows.append(row)
     out = pd.DataFrame(rows)
@@ -569,6 +573,9 @@ def markdown_compare(table: pd.DataFrame, alpha: float = 0.05) -> str:
              f"95% CI (hierarchical bootstrap over seeds and episodes). Verdict at alpha {alpha}: Holm-adjusted "
              "p of the combined test (training + episode variance); the episode-level t and Wilcoxon "
              "p-values ignore training variance and are shown for reference (docs/statistics.md).", ""]
+    if (table["seeds"] == 1).any():
+        lines += ["Rows with 1 seed cannot see training variance: their CI and verdict cover the choice of "
+                  "test episodes only.", ""]
     for key, g in table.groupby(strata, sort=False):
         lines += [_group_title(dict(zip(strata, key))), "",
                   "| method | versus | difference [95% CI] | seeds | episodes | p (Holm) | "
