@@ -620,7 +620,7 @@ def forest_plot(table: pd.DataFrame, path) -> None:
     labels = [" ".join(str(r[c]) for c in strata if r[c] != "") + f": {r['method']} − {r['versus']}"
               for _, r in table.iterrows()]
     n = len(table)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * max(n, 1)))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * max(n, 1)))
     y = np.arange(n)[::-1]
     for yi, (_, r) in zip(y, table.iterrows()):
         colour = _COLOURS[r["verdict"]]
@@ -633,7 +633,7 @@ def forest_plot(table: pd.DataFrame, path) -> None:
     ax.set_xlabel("accuracy difference (points), 95% CI over seeds and episodes")
     for verdict, colour in _COLOURS.items():
         ax.plot([], [], "o-", color=colour, label=verdict)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
