@@ -177,6 +177,13 @@ def test_two_seeds_give_a_wide_interval_clipped_to_the_accuracy_range():
     assert r["df"] < 3 and (r["ci_low"], r["ci_high"]) == (0.0, 100.0)
 
 
+def test_seed_rows_come_in_numeric_order():
+    a, _ = simulate(np.random.default_rng(17), seeds=2, episodes=10)
+    df = frame({"a": a})
+    df["seed"] = df["seed"].map({0: 10, 1: 2})
+    assert list(C.seed_summary(df, resamples=50)["seed"]) == ["2", "10", "all"]
+
+
 def test_paired_comparisons_on_a_frame_match_the_pair_statistics():
     rng = np.random.default_rng(10)
     a, b = simulate(rng, seeds=3, episodes=80)

@@ -370,8 +370,7 @@ def seed_summary(per_episode: pd.DataFrame, resamples: int = 2000, seed: int = 0
     rows = []
     for key, g in df.groupby(keys, sort=False):
         ident = dict(zip(keys, key))
-        seed_means = []
-        for s, gs in g.groupby("seed", sort=True):
+        for s, gs in sorted(g.groupby("seed"), key=lambda sg: _seed_order(sg[0])):
             acc = gs["accuracy"].to_numpy(np.float64)
             mean, ci = _mean_ci95(acc)
             row = {**ident, "seed": s, "seeds": 1, "episodes": len(acc), "accuracy": mean, "ci95": ci,
@@ -380,13 +379,12 @@ def seed_summary(per_episode: pd.DataFrame, resamples: int = 2000, seed: int = 0
             if len(nil):
                 row["nil_accuracy"], row["nil_ci95"] = _mean_ci95(nil)
             rows.append(row)
-            seed_means.append(mean)
         x = _matrix(g)
-        S = len(seed_means)
+        S = len(x)
         if x.shape[1] < 2:
             raise UserError(f"run {'/'.join(map(str, key))} has fewer than 2 episodes shared by all its seeds")
         comb = combined_interval(x.to_numpy(), _rng(seed, *key), resamples, interval=interval)
-        sm = np.asarray(seed_means)
+        sm = x.to_numpy().mean(axis=1)  # seed means over the shared episodes (the CI's matrix)
         sd = float(sm.std(ddof=1)) if S > 1 else math.nan
         row = {**ident, "seed": ALL_SEEDS, "seeds": S, "episodes": x.shape[1], "accuracy": float(sm.mean()),
                "ci95": _mean_ci95(x.to_numpy().mean(axis=0))[1],
@@ -400,6 +398,10 @@ def seed_summary(per_episode: pd.DataFrame, resamples: int = 2000, seed: int = 0
     out = pd.DataFrame(rows)
     cols = BASE + [c for c in out.columns if c not in BASE]
     return _validate(SeedSummaryRows, out[cols], "seed-summary rows")
+
+
+def _seed_order(seed: str):
+    return (0, int(seed), "") if seed.isdigit() else (1, 0, seed)
 
 
 def _mean_ci95(values: np.ndarray) -> tuple[float, float]:
