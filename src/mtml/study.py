@@ -106,6 +106,7 @@ class Study:
     name: str = DEFAULT_STUDY
     files: tuple[str, ...] = ()
     _experiments: dict = field(default_factory=dict, repr=False)
+    _runs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         # Resolve everything once: every kind setting and every run's hyperparameters are
@@ -173,6 +174,8 @@ class Study:
         return hp
 
     def run(self, experiment: str, method: str) -> Run:
+        if (experiment, method) in self._runs:
+            return self._runs[(experiment, method)]
         from mtml.methods import resolve_hparams
 
         exp = self.experiment(experiment)
@@ -186,6 +189,7 @@ class Study:
         run = Run(self, exp, method, cls, hp)
         cls.check_run(run)
         exp.kind.check_run(run)
+        self._runs[(experiment, method)] = run
         return run
 
     def runs(self) -> list[Run]:
