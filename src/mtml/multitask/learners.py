@@ -23,6 +23,11 @@ per-task weights or by learned uncertainties (Kendall et al. 2018, see `combine`
 `pretrained_heads` lists tasks whose head is not adapted per subtask but trained across all
 domains by the outer loop (paper Fig. 4b); classification cannot be one (its labels are
 per-subtask).
+
+Issue 16's options: `architecture` puts a multi-task trunk (`mtml.models.mtl_trunks`) in the
+backbone's place; `loss_weighting` dwa/gradnorm/random, `optimiser` (TorchJD gradient
+aggregation on the shared trunk parameters, `train_step`) and `schedule` come from
+`mtml.multitask.optimisation`. At their defaults the learners are unchanged.
 """
 
 from __future__ import annotations
