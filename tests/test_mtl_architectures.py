@@ -139,31 +139,34 @@ ARCHITECTURES = {  # architecture options; routing with its paper-like ratio, sm
     "mmoe": {"architecture": "mmoe", "experts": 2},
     "mmoe-shared": {"architecture": "mmoe-shared", "experts": 2},
     "cross-stitch": {"architecture": "cross-stitch"},
-    "routing": {"architecture": "routing", "routing_ratio": 0.75},
+    "routing": {"architecture": "routing", "routing_ratio": 0.75},  # 6 of 8 channels per task
     "pad-net": {"architecture": "pad-net"},
     "soft": {"architecture": "soft"},
 }
-OPTIMISERS = {  # each architecture trains with `sum` and one of these, in turn
-    "mgda": {"optimiser": "mgda"},
-    "pcgrad": {"optimiser": "pcgrad"},
-    "dwa": {"loss_weighting": "dwa"},
-    "gradnorm": {"loss_weighting": "gradnorm"},
-    "random-rr": {"loss_weighting": "random", "schedule": "round-robin", "schedule_tasks": 2},
-    "imtlg-difficulty": {"optimiser": "imtl-g", "schedule": "difficulty", "schedule_tasks": 3},
-    "aligned-uniform": {"optimiser": "aligned-mtl", "schedule": "uniform", "schedule_tasks": 3},
+EXTRA = {  # optimisers, each with another architecture (every architecture also runs with `sum`)
+    "hard-random-rr": {"loss_weighting": "random", "schedule": "round-robin", "schedule_tasks": 2},
+    "mmoe-gradnorm": {**ARCHITECTURES["mmoe"], "loss_weighting": "gradnorm"},
+    "mmoe-shared-dwa": {**ARCHITECTURES["mmoe-shared"], "loss_weighting": "dwa"},
+    "cross-stitch-aligned": {**ARCHITECTURES["cross-stitch"], "optimiser": "aligned-mtl"},
+    "routing-pcgrad": {**ARCHITECTURES["routing"], "optimiser": "pcgrad"},
+    "pad-net-imtlg-difficulty": {**ARCHITECTURES["pad-net"], "optimiser": "imtl-g", "schedule": "difficulty",
+                                 "schedule_tasks": 3},
 }
-RUNS = {f"{a}-{o}": {**av, **ov} for (a, av), other in zip(ARCHITECTURES.items(), OPTIMISERS.items())
-        for o, ov in (("sum", {}), other)}
-SCENES = {"image_size": 16, "room_types": [8, 3, 3], "images_per_class": 8, "supersample": 1}
+# MGDA is not here: without gradient normalisation its min-norm point follows the task with
+# the smallest gradient (depth here), and classification fell below its untrained accuracy
+# in 80 iterations (hard sharing: 32.9% against 60.6%, seed 0). Its update is tested against
+# the closed form in test_mtl_optimisation.py.
+RUNS = {**{f"{a}-sum": v for a, v in ARCHITECTURES.items()}, **EXTRA}
+SCENES = {"image_size": 16, "room_types": [8, 3, 3], "images_per_class": 8}
 PARAMS = {
     "seed": 0, "device": "cpu", "threads": 1,
-    "datasets": {"scenes": {"source": "scenes", "options": {**SCENES, "environments": [4, 1, 1]}}},
+    "datasets": {"scenes": {"source": "scenes", "options": {**SCENES, "environments": [4, 1, 2]}}},
     "experiments": {"mt": {"kind": "multitask", "dataset": "scenes", "ways": 3, "shots": 2, "queries": 3,
                            "options": {"dense_shots": 3, "dense_queries": 3}}},
     "methods": {meth: {"algorithm": "mt-anil", "filters": 8, "inner_steps": 3, "eval_inner_steps": 8,
                        "inner_lr": {"classification": 0.4}, **v}
                 for meth, v in RUNS.items()},
-    "training": {"iterations": 80, "meta_batch": 1, "meta_lr": 0.005, "val_interval": 80, "val_episodes": 2},
+    "training": {"iterations": 80, "meta_batch": 2, "meta_lr": 0.005, "val_interval": 80, "val_episodes": 2},
     "evaluation": {"episodes": 24},
 }
 
