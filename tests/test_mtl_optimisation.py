@@ -24,6 +24,17 @@ from mtml.multitask.optimisation import (
 TASK_NAMES = ["classification", "depth", "normals", "vanishing_point"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def small_ops():
+    # Tiny convolutions run several times faster on one thread without oneDNN; restore both.
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = mkldnn
+
+
 def test_mgda_on_two_gradients_is_the_closed_form_min_norm_combination():
     # min_a ||a g1 + (1 - a) g2||: a = clip((g2 - g1) . g2 / ||g1 - g2||^2, 0, 1) (Sener & Koltun, alg. 1)
     mgda = make_aggregator("mgda", 2)
