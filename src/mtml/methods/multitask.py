@@ -23,6 +23,11 @@ per-task weights or by learned uncertainties (Kendall et al. 2018, see `combine`
 `pretrained_heads` lists tasks whose head is not adapted per subtask but trained across all
 domains by the outer loop (paper Fig. 4b); classification cannot be one (its labels are
 per-subtask).
+
+Issue 16's options: `architecture` puts a multi-task trunk (`mtml.models.mtl_trunks`) in the
+backbone's place; `loss_weighting` dwa/gradnorm/random, `optimiser` (TorchJD gradient
+aggregation on the shared trunk parameters, `train_step`) and `schedule` come from
+`mtml.multitask.optimisation`. At their defaults the learners are unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from torch.nn import functional as F
 from mtml.errors import UserError
 from mtml.methods.base import MetaLearner, register
 from mtml.methods.inner_loop import adapt, named_params, sgd_update
+from mtml.models import mtl_trunks
 from mtml.models.attention_modulator import (
     FeatureModulator,
     ProbabilisticFeatureModulator,
@@ -46,6 +52,7 @@ from mtml.models.attention_modulator import (
 )
 from mtml.models.conv4 import Conv4
 from mtml.models.dense_heads import ConvDecoder, LabelCompressor
+from mtml.multitask import optimisation as mtl_opt
 from mtml.multitask.data import Subtask
 from mtml.multitask.tasks import TASKS, TaskSpec
 
@@ -59,6 +66,10 @@ BASE_DEFAULTS = {
     "eval_inner_steps": 10,
     "first_order": False,
     "pretrained_heads": [],      # tasks whose head is trained across domains, not adapted
+    # Multi-task architectures and optimisation (issue 16): see mtml.models.mtl_trunks and
+    # mtml.multitask.optimisation; loss_weighting also takes dwa | gradnorm | random there.
+    **mtl_trunks.DEFAULTS,
+    **mtl_opt.DEFAULTS,
 }
 AM_DEFAULTS = {**BASE_DEFAULTS, "attention_lr": 0.001, "attention_dim": 64, "attention_blocks": 2}
 PAM_DEFAULTS = {**AM_DEFAULTS, "kl_weight": 0.01,
@@ -71,8 +82,11 @@ def check_hparams(method: str, hp: dict, task_names: list[str]) -> None:
     key = lambda k: f"params key 'methods.{method}.{k}'"  # noqa: E731
     if hp["tasks"] not in ("multi", "single"):
         raise UserError(f"{key('tasks')} is {hp['tasks']!r}; allowed: multi, single")
-    if hp["loss_weighting"] not in ("fixed", "uncertainty"):
-        raise UserError(f"{key('loss_weighting')} is {hp['loss_weighting']!r}; allowed: fixed, uncertainty")
+    mtl_trunks.check(hp, key)
+    mtl_opt.check(hp, key, task_names)
+    if hp["architecture"] != "hard" and hp["tasks"] != "multi":
+        raise UserError(f"{key('architecture')} {hp['architecture']!r} shares a trunk between tasks; it needs "
+                        f"'tasks: multi' (or architecture: hard for one backbone per task)")
     if not isinstance(hp["filters"], int) or isinstance(hp["filters"], bool) or hp["filters"] < 1:
         raise UserError(f"{key('filters')} must be a positive integer; got {hp['filters']!r}")
     for k in ("inner_steps", "eval_inner_steps"):
@@ -143,8 +157,15 @@ class MultiTaskLearner(MetaLearner):
         self.task_specs = {t.name: t for t in tasks}
         self.filters = hp["filters"]
         towers = ["shared"] if hp["tasks"] == "multi" else list(self.task_specs)
-        self.backbones = nn.ModuleDict({k: Conv4(image_shape[0], self.filters) for k in towers})
-        fshape = feature_shape(next(iter(self.backbones.values())), image_shape)
+        if hp["architecture"] == "hard":
+            self.backbones = nn.ModuleDict({k: Conv4(image_shape[0], self.filters) for k in towers})
+            fshape = feature_shape(next(iter(self.backbones.values())), image_shape)
+        else:  # a multi-task trunk (mtml.models.mtl_trunks) in the backbone's place
+            if self.adapt_backbone:
+                raise UserError(f"{self.algorithm} adapts the backbone in its inner loop; it needs "
+                                f"architecture: hard (got {hp['architecture']!r})")
+            self.backbones = nn.ModuleDict({"shared": mtl_trunks.build_trunk(hp, tasks, image_shape, ways)})
+            fshape = mtl_trunks.feature_shape(image_shape, self.filters)
         self.embed_dim = math.prod(fshape)
         size = tuple(image_shape[1:])
         self.heads = nn.ModuleDict()
@@ -163,6 +184,20 @@ class MultiTaskLearner(MetaLearner):
                     hp["attention_dim"], hp["attention_blocks"], encoder)
         if hp["loss_weighting"] == "uncertainty":
             self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
+        self._init_mtl_optimisation(hp)
+
+    def _init_mtl_optimisation(self, hp: dict) -> None:
+        """Issue 16's loss weighting, gradient aggregator and task scheduler (modules with
+        buffers, so checkpoints resume them); none of them exists at the defaults."""
+        names = list(self.task_specs)
+        if hp["loss_weighting"] == "dwa":
+            self.dwa = mtl_opt.DynamicWeightAverage(names, hp["dwa_temperature"])
+        if hp["loss_weighting"] == "gradnorm":
+            self.gradnorm = mtl_opt.GradNorm(names, hp["gradnorm_alpha"])
+        if hp["schedule"] != "all":
+            self.scheduler = mtl_opt.TaskScheduler(names, hp["schedule"], hp["schedule_tasks"])
+        self.aggregator = (mtl_opt.make_aggregator(hp["optimiser"], len(names), hp["cagrad_c"])
+                           if hp["optimiser"] != "sum" else None)
 
     @classmethod
     def from_context(cls, hp, ctx):
@@ -182,8 +217,14 @@ class MultiTaskLearner(MetaLearner):
     def backbone(self, task: str) -> Conv4:
         return self.backbones["shared" if "shared" in self.backbones else task]
 
+    @property
+    def trunk(self) -> mtl_trunks.Trunk | None:
+        return self.backbones["shared"] if self.hp["architecture"] != "hard" else None
+
     def embed(self, x: Tensor, task: str | None = None, w: Tensor | None = None) -> Tensor:
         task = task or next(iter(self.task_specs))
+        if self.trunk is not None:
+            return self.trunk(x, task, modulation_hook(w, self.filters))
         return self.backbone(task)(x, block_hook=modulation_hook(w, self.filters))
 
     def inner_lr(self, task: str) -> float:
@@ -239,7 +280,12 @@ class MultiTaskLearner(MetaLearner):
         return functional_call(module, {**frozen, **params}, (q_in,))
 
     def combine(self, task_losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Total loss and the effective weight of each task.
+        """Total loss and the effective weight of each task."""
+        terms, weights = self.loss_terms(task_losses)
+        return sum(terms.values()), weights
+
+    def loss_terms(self, task_losses: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Each task's term in the total loss, and its effective weight.
 
         Uncertainty (Kendall et al. 2018, s = log sigma^2 learned per task): a regression
         loss counts 0.5 exp(-s) L + 0.5 s, a classification loss exp(-s) L + 0.5 s.
@@ -247,27 +293,61 @@ class MultiTaskLearner(MetaLearner):
         if self.hp["loss_weighting"] == "uncertainty":
             s = dict(zip(self.task_specs, self.log_vars))
             factor = {k: 1.0 if self.task_specs[k].kind == "classification" else 0.5 for k in task_losses}
-            total = sum(factor[k] * torch.exp(-s[k]) * v + 0.5 * s[k] for k, v in task_losses.items())
-            return total, {k: factor[k] * float(torch.exp(-s[k].detach())) for k in task_losses}
-        weights = {k: float(self.hp["task_weights"].get(k, 1.0)) for k in task_losses}
-        return sum(weights[k] * v for k, v in task_losses.items()), weights
+            terms = {k: factor[k] * torch.exp(-s[k]) * v + 0.5 * s[k] for k, v in task_losses.items()}
+            return terms, {k: factor[k] * float(torch.exp(-s[k].detach())) for k in task_losses}
+        weights = self.dynamic_weights(task_losses)
+        return {k: weights[k] * v for k, v in task_losses.items()}, weights
+
+    def dynamic_weights(self, task_losses: dict[str, Tensor]) -> dict[str, float]:
+        """The weight of each task: fixed `task_weights`, or DWA / GradNorm / random ones
+        (mtml.multitask.optimisation), all constants in the total loss."""
+        lw = self.hp["loss_weighting"]
+        if lw == "dwa":
+            return self.dwa.weights(task_losses)
+        if lw == "gradnorm":
+            return self.gradnorm.weights(task_losses)
+        if lw == "random":
+            return mtl_opt.random_weights(list(task_losses))
+        return {k: float(self.hp["task_weights"].get(k, 1.0)) for k in task_losses}
 
     # ------------------------------------------------------------------ MetaLearner API
 
+    def aux_loss(self, sub: Subtask, w: Tensor | None) -> Tensor | float:
+        """PAD-Net's intermediate-prediction loss of a subtask (0 for other trunks)."""
+        if self.hp["architecture"] != "pad-net" or self.hp["pad_aux_weight"] == 0:
+            return 0.0
+        return self.hp["pad_aux_weight"] * self.trunk.aux_loss(
+            sub.task, sub.support_x, sub.support_y, sub.query_x, sub.query_y, modulation_hook(w, self.filters))
+
     def meta_loss(self, batch: dict[str, list[Subtask]]) -> tuple[Tensor, dict]:
+        total, stats, _ = self.meta_loss_terms(batch)
+        return total, stats
+
+    def meta_loss_terms(self, batch: dict[str, list[Subtask]]) -> tuple[Tensor, dict, dict]:
+        """(total, stats, parts): parts holds each task's unweighted loss (`task_losses`),
+        its term in the total (`terms`) and the regulariser (`penalty`, or None)."""
+        if hasattr(self, "scheduler") and self.training:
+            batch = {k: batch[k] for k in self.scheduler.select(list(batch))}
         task_losses, attention, accs = {}, {}, []
         for task, subs in batch.items():
             spec, losses = self.task_specs[task], []
             for sub in subs:
                 w, kl = self.channel_weights(sub, sample=True)
                 out = self.query_output(sub, w, self.hp["inner_steps"], self.hp["first_order"])
-                losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl)
+                losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl
+                              + self.aux_loss(sub, w))
                 if spec.kind == "classification":
                     accs.append(float((out.argmax(-1) == sub.query_y).float().mean()))
                 if w is not None:
                     attention.setdefault(task, []).append(w.detach().view(-1, self.filters).mean(1))
             task_losses[task] = torch.stack(losses).mean()
-        total, weights = self.combine(task_losses)
+        if hasattr(self, "scheduler") and self.training:
+            self.scheduler.observe(task_losses)
+        terms, weights = self.loss_terms(task_losses)
+        total = sum(terms.values())
+        penalty = self.trunk.penalty() if self.trunk is not None else None
+        if penalty is not None:
+            total = total + penalty
         trace = {"task_loss": {k: round(float(v.detach()), 6) for k, v in task_losses.items()},
                  "task_weight": {k: round(v, 6) for k, v in weights.items()}}
         if attention:  # mean weight per block, per task: how far modulation moves from identity
@@ -276,7 +356,7 @@ class MultiTaskLearner(MetaLearner):
         stats = {"trace": trace}
         if accs:
             stats["acc"] = sum(accs) / len(accs)
-        return total, stats
+        return total, stats, {"task_losses": task_losses, "terms": terms, "penalty": penalty}
 
     def subtask_embeddings(self, sub: Subtask) -> tuple[Tensor, Tensor]:
         """Support and query embeddings under the subtask's channel weights (NIL metric)."""
@@ -288,12 +368,63 @@ class MultiTaskLearner(MetaLearner):
         return self.query_output(sub, w, self.hp["eval_inner_steps"], first_order=True).detach()
 
     def make_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
-        """Adam; the modulators Psi_j get their own learning rate gamma (eq. 5)."""
+        """Adam; the modulators Psi_j get their own learning rate gamma (eq. 5), GradNorm's
+        weights `gradnorm_lr`."""
         mod = {id(p) for p in self.modulators.parameters()} if self.modulator_cls else set()
-        groups = [{"params": [p for p in self.parameters() if id(p) not in mod]}]
+        gn = [self.gradnorm.weight] if hasattr(self, "gradnorm") else []
+        groups = [{"params": [p for p in self.parameters() if id(p) not in mod and all(p is not g for g in gn)]}]
         if mod:
             groups.append({"params": list(self.modulators.parameters()), "lr": self.hp["attention_lr"]})
+        if gn:
+            groups.append({"params": gn, "lr": self.hp["gradnorm_lr"]})
         return torch.optim.Adam(groups, lr=meta_lr)
+
+    # ------------------------------------------------------------------ issue 16: optimisation
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters all tasks' losses share (what a gradient aggregator acts on)."""
+        if self.trunk is not None:
+            return self.trunk.shared_parameters()
+        return list(self.backbones["shared"].parameters()) if "shared" in self.backbones else []
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """GradNorm's W: the conv weights of the trunk's (or every backbone's) last block."""
+        if self.trunk is not None:
+            return self.trunk.last_block_parameters()
+        return [b.blocks[-1].conv.weight for b in self.backbones.values()]
+
+    def train_step(self, batch, optimizer, sample_batch) -> dict:
+        """Plain backpropagation unless a gradient aggregator (`optimiser`) or GradNorm is on:
+        then the shared parameters get the aggregated Jacobian of the tasks' terms, the
+        others their ordinary gradient, and GradNorm's weights dL_grad/dw."""
+        if self.aggregator is None and not hasattr(self, "gradnorm"):
+            return super().train_step(batch, optimizer, sample_batch)
+        optimizer.zero_grad(set_to_none=True)
+        total, stats, parts = self.meta_loss_terms(batch)
+        if hasattr(self, "gradnorm"):
+            layer = self.last_shared_layer()
+            norms = {k: torch.sqrt(sum((g ** 2).sum() for g in torch.autograd.grad(
+                v, layer, retain_graph=True, allow_unused=True) if g is not None))
+                for k, v in parts["task_losses"].items()}
+            self.gradnorm.set_grad(parts["task_losses"], norms)
+        shared = [p for p in self.shared_parameters() if p.requires_grad]
+        if self.aggregator is None or not shared:
+            total.backward()
+        else:
+            ids = {id(p) for p in shared}
+            others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+            rows = list(parts["terms"].values())
+            weights = mtl_opt.aggregate_backward(rows, shared, self.aggregator)
+            torch.autograd.backward(sum(rows), inputs=others, retain_graph=parts["penalty"] is not None)
+            if parts["penalty"] is not None:
+                parts["penalty"].backward()
+            if weights is not None:
+                stats["trace"]["aggregator_weight"] = {k: round(float(x), 6)
+                                                       for k, x in zip(parts["terms"], weights)}
+        optimizer.step()
+        if hasattr(self, "gradnorm"):
+            self.gradnorm.renormalise()
+        return {"loss": float(total.detach()), **stats}
 
 
 @register("mt-anil")
