@@ -110,7 +110,7 @@ def test_soft_sharing_penalty_is_the_weighted_sum_of_pairwise_squared_distances(
 
 def test_pad_net_fuses_other_tasks_features_and_has_an_intermediate_loss():
     from mtml.methods import resolve_hparams
-    from mtml.multitask.learners import MultiTaskANIL
+    from mtml.methods.multitask import MultiTaskANIL
 
     cls, hp = resolve_hparams("x", {"algorithm": "mt-anil", "filters": 8, "inner_steps": 1,
                                     "architecture": "pad-net"})
@@ -174,38 +174,39 @@ PARAMS = {
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_ops):
     """Each method's test metrics after training and at its seeded initialisation."""
-    from mtml.data.sources import prepare_dataset
-    from mtml.data.storage import load_prepared
-    from mtml.kinds import KINDS
-    from mtml.multitask.config import multitask_config
-    from mtml.multitask.data import SceneBank, read_manifest
-    from mtml.multitask.episodes import manifest_path
-    from mtml.multitask.evaluate import evaluate_subtasks
-    from mtml.multitask.train import init_learner
-    from mtml.params import validate
+    from mtml.layout import Layout
+    from mtml.multitask.scoring import evaluate_subtasks
+    from mtml.params import study as make_study
+    from mtml.stages import (
+        build_episodes,
+        init_learner,
+        load_banks,
+        load_learner,
+        prepare,
+        read_manifests,
+        train,
+    )
 
     root = tmp_path_factory.mktemp("mtl")
-    params = validate(copy.deepcopy(PARAMS))
-    processed, episodes = root / "data/processed", root / "data/episodes"
-    prepare_dataset("scenes", params["datasets"]["scenes"], root / "data/raw", processed, params["seed"])
-    kind = KINDS["multitask"]
-    kind.episodes(params, "mt", processed, episodes)
-    mt = multitask_config(params, "mt")
-    bank = SceneBank(load_prepared(processed / "scenes"), mt.tasks, torch.device("cpu"))
-    manifests = {t.name: read_manifest(manifest_path(episodes, "mt", "test", t.name)) for t in mt.tasks}
+    study = make_study(copy.deepcopy(PARAMS))
+    layout = Layout(root, study)
+    prepare(study, layout, "scenes")
+    build_episodes(study, layout, "mt")
+    exp = study.experiment("mt")
+    mt = exp.settings
+    banks = load_banks(exp, layout, ["scenes"], torch.device("cpu"))
+    manifests = {s.keys["task"]: m for s, m in read_manifests(exp, layout, ("test",))}
 
     def scores(learner):
-        return {t.name: evaluate_subtasks(learner, bank, t, manifests[t.name], mt.thresholds[t.name],
+        return {t.name: evaluate_subtasks(learner, banks["scenes"], t, manifests[t.name], mt.thresholds[t.name],
                                           nil=False).mean(numeric_only=True) for t in mt.tasks}
 
     out = {}
-    for meth in params["methods"]:
-        model_dir, metrics_dir = root / "models" / meth, root / "metrics" / meth
-        kind.train(params, "mt", meth, processed, episodes, model_dir, metrics_dir, torch.device("cpu"))
-        from mtml.multitask.evaluate import load_learner
-
-        out[meth] = (scores(init_learner(params, "mt", meth, mt, bank.image_shape, "cpu")),
-                     scores(load_learner(params, "mt", meth, model_dir / "model.pt", "cpu")))
+    for meth in study.methods:
+        run = study.run("mt", meth)
+        train(run, layout, torch.device("cpu"))
+        out[meth] = (scores(init_learner(run, exp.kind.context(exp, banks), "cpu")),
+                     scores(load_learner(run, layout, "cpu")))
     return out
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-import mtml.multitask.learners  # noqa: F401  (registers the multi-task algorithms)
+import mtml.methods.multitask  # noqa: F401  (registers the multi-task algorithms)
 from mtml.analysis.mtl_metrics import delta_mtl
 from mtml.errors import UserError
 from mtml.multitask.optimisation import (
@@ -184,7 +184,7 @@ def test_aggregated_update_gives_the_shared_trunk_the_aggregated_jacobian():
 
 def test_optimisation_options_are_checked():
     from mtml.methods import resolve_hparams
-    from mtml.multitask.learners import check_hparams
+    from mtml.methods.multitask import check_hparams
 
     for bad, match in (({"optimiser": "adam"}, r"methods\.x\.optimiser.*mgda"),
                        ({"loss_weighting": "dwaa"}, r"methods\.x\.loss_weighting.*gradnorm"),

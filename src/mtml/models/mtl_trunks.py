@@ -1,7 +1,7 @@
 """Shared-trunk architectures of multi-task learning (the `architecture` hyperparameter of the
 multi-task learners). Every trunk maps images to per-task embeddings of the Conv-4 shape
 (`filters` x h x w, flattened), so the per-task heads and the AM/P-AM modulators of
-`mtml.multitask.learners` work on any of them unchanged.
+`mtml.methods.multitask` work on any of them unchanged.
 
 - `hard` (the reference) is the plain shared `Conv4`; it stays in the learner's code path.
 - `mmoe` (Ma et al. 2018): K Conv-4 experts; per task a gate g_t(x) = softmax(W_t x + b_t)
