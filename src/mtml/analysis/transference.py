@@ -43,6 +43,7 @@ from mtml.multimodal.episodes import read_mode_manifest
 from mtml.multimodal.sampler import MultimodalStream, mode_banks
 from mtml.multimodal.train import init_learner, training_stream
 from mtml.params import experiment, training_config
+from mtml.training.checkpoint import load_model
 from mtml.utils import atomic_path, derive_seed, resolve_device
 
 DEFAULT_ALGORITHMS = ("maml", "mmaml-kml")
@@ -101,7 +102,7 @@ def _snapshots(params, exp, meth, mm, banks, opts, model_path: Path, device):
             learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
                                lambda: stream.batch(tcfg["meta_batch"]))
     if model_path.exists():
-        states.append(("trained", torch.load(model_path, map_location=device, weights_only=False)["state"]))
+        states.append(("trained", load_model(model_path, device)["state"]))
     return learner, states
 
 

@@ -16,6 +16,7 @@ from mtml.evaluation.stats import mean_ci95, nil_logits
 from mtml.methods import build
 from mtml.methods.base import MetaLearner
 from mtml.params import experiment, method
+from mtml.training.checkpoint import load_model, load_weights
 from mtml.utils import atomic_path, progress, write_json
 
 
@@ -28,10 +29,9 @@ def evaluation_splits(params: dict, exp: str) -> list[tuple[str, str, str]]:
 
 
 def load_learner(params: dict, exp: str, meth: str, model_path: Path, device) -> MetaLearner:
-    saved = torch.load(model_path, map_location=device, weights_only=False)
+    saved = load_model(model_path, device)
     learner = build(meth, method(params, meth, exp), tuple(saved["image_shape"]), saved["ways"]).to(device)
-    learner.load_state_dict(saved["state"])
-    return learner.eval()
+    return load_weights(learner, saved, model_path).eval()
 
 
 def episode_embeddings(learner: MetaLearner, ep) -> tuple[torch.Tensor, torch.Tensor]:

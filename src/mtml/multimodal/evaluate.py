@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from mtml.evaluation.evaluate import evaluate_manifest, summary_row
 from mtml.methods.base import MetaLearner
@@ -17,16 +16,16 @@ from mtml.multimodal.episodes import read_mode_manifest
 from mtml.multimodal.sampler import mode_banks
 from mtml.multimodal.train import build_learner
 from mtml.params import experiment
+from mtml.training.checkpoint import load_model, load_weights
 from mtml.utils import atomic_path, write_json
 
 ALL = "all"
 
 
 def load_learner(params: dict, exp: str, meth: str, mm: MultimodalConfig, model_path: Path, device) -> MetaLearner:
-    saved = torch.load(model_path, map_location=device, weights_only=False)
+    saved = load_model(model_path, device)
     learner = build_learner(params, exp, meth, mm, saved["ways"]).to(device)
-    learner.load_state_dict(saved["state"])
-    return learner.eval()
+    return load_weights(learner, saved, model_path).eval()
 
 
 def evaluate(params: dict, exp: str, meth: str, model_path: Path, processed_root: Path,

@@ -27,6 +27,7 @@ from mtml.multitask.episodes import manifest_path
 from mtml.multitask.learners import MultiTaskLearner
 from mtml.multitask.tasks import TaskSpec
 from mtml.params import experiment
+from mtml.training.checkpoint import load_model, load_weights
 from mtml.utils import atomic_path, progress, write_json
 
 
@@ -63,11 +64,10 @@ def validation_score(learner: MultiTaskLearner, bank: SceneBank, mt: MultitaskCo
 
 def load_learner(params: dict, exp: str, meth: str, model_path: Path, device) -> MultiTaskLearner:
     mt = multitask_config(params, exp)
-    saved = torch.load(model_path, map_location=device, weights_only=False)
+    saved = load_model(model_path, device)
     cls, hp = learner_hparams(params, meth, mt, exp)
     learner = cls(hp, tuple(saved["image_shape"]), saved["ways"], mt.tasks).to(device)
-    learner.load_state_dict(saved["state"])
-    return learner.eval()
+    return load_weights(learner, saved, model_path).eval()
 
 
 def evaluation_splits(params: dict, exp: str) -> list[tuple[str, str, str]]:

@@ -25,6 +25,7 @@ from mtml.episodes.sampler import EpisodeStream, ImageBank, manifest_episodes
 from mtml.methods import build
 from mtml.methods.base import MetaLearner
 from mtml.params import experiment, method, training_config
+from mtml.training.checkpoint import load_checkpoint, save_checkpoint, save_model
 from mtml.utils import atomic_path, derive_seed, interactive, progress, write_json
 
 LOG_COLUMNS = ["iteration", "loss", "train_accuracy", "val_accuracy"]
@@ -57,16 +58,11 @@ def _rng_states() -> dict:
 
 
 def _set_rng_states(ckpt: dict) -> None:
-    # torch.load(map_location=cuda) moves the saved generator states to the GPU too, but
+    # load_checkpoint(map_location=cuda) moves the saved generator states to the GPU too, but
     # generators only take CPU byte tensors.
     torch.set_rng_state(ckpt["torch_rng"].cpu())
     if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root: Path,
@@ -104,8 +100,8 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     # traces: per-iteration records a method reports (e.g. task-attention weights) for analyses
     start, log, traces, elapsed = 0, [], [], 0.0
     best = {"accuracy": -1.0, "iteration": 0, "state": copy.deepcopy(learner.state_dict())}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    ckpt = load_checkpoint(ckpt_path, device)
+    if ckpt is not None:
         if ckpt.get("fingerprint") == fingerprint:
             learner.load_state_dict(ckpt["model"])
             if optimizer is not None and ckpt["optimizer"] is not None:
@@ -133,7 +129,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                     best = {"accuracy": row["val_accuracy"], "iteration": it + 1,
                             "state": copy.deepcopy(learner.state_dict())}
                 log.append(row)
-                _save_checkpoint(ckpt_path, {
+                save_checkpoint(ckpt_path, {
                     "fingerprint": fingerprint, "iteration": it + 1, "model": learner.state_dict(),
                     "optimizer": optimizer.state_dict(), "stream": stream.state(),
                     **_rng_states(), "log": log, "best": best, "traces": traces,
@@ -148,14 +144,13 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                        val=f"{best['accuracy']:.1f}" if best["accuracy"] >= 0 else "-")
     train_seconds = time.perf_counter() - t0
     if iterations == 0:  # nothing to resume, but every run leaves a checkpoint (a DVC output)
-        _save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "iteration": 0, "model": learner.state_dict(),
+        save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "iteration": 0, "model": learner.state_dict(),
                                      "optimizer": None, "stream": stream.state(),
                                      **_rng_states(), "log": log, "best": best, "elapsed": 0.0})
 
     if best["accuracy"] < 0:  # nothing trained (e.g. pixel-nn): keep the initial weights
         best["accuracy"] = validate(learner)
-    with atomic_path(Path(model_dir) / "model.pt") as tmp:
-        torch.save({"state": best["state"], **model_info}, tmp)
+    save_model(Path(model_dir) / "model.pt", best["state"], **model_info)
     frame = pd.DataFrame(log, columns=LOG_COLUMNS)
     with atomic_path(Path(metrics_dir) / "train_log.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
