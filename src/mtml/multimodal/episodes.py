@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mtml.data.storage import load_prepared
-from mtml.episodes.manifest import build_manifest, read_manifest
+from mtml.episodes.manifest import build_manifest, check_sizes, read_manifest
 from mtml.multimodal.config import multimodal_config
 from mtml.params import experiment, training_config
 from mtml.utils import atomic_path, derive_seed
@@ -32,11 +32,12 @@ def build_multimodal_episodes(params: dict, exp: str, processed_root: Path, out_
         files = {}
         for mode, dataset in enumerate(mm.modes):
             data = load_prepared(Path(processed_root) / dataset)
+            check_sizes(data, "train", ways, shots, queries, exp)  # the training stream's episodes
             for split, n in counts.items():
                 fname = manifest_name(split, dataset)
                 # Seeds depend on the episode settings, not on the method: all methods share them.
                 seed = derive_seed(params["seed"], exp, fname, ways, shots, queries)
-                build_manifest(data, split, ways, shots, queries, n, seed).to_parquet(tmp / fname, index=False)
+                build_manifest(data, split, ways, shots, queries, n, seed, exp).to_parquet(tmp / fname, index=False)
                 files[fname] = {"dataset": dataset, "mode": mode, "split": split, "episodes": n,
                                 "content_md5": data.meta.get("content_md5")}
         # The datasets' content hashes make downstream stages rerun when the data change.
