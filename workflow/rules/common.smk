@@ -9,13 +9,15 @@ from mtml.params import validate as mtml_validate
 
 min_version("8.10")
 
-# Schema check (with defaults), then the checks that link sections (dataset names, method
-# algorithms and hyperparameter keys): the same ones every `python -m mtml` stage runs.
-validate(config, "../schemas/params.schema.yaml")
+# Our own checks first (the schema with one-line messages, then the checks that link sections:
+# dataset names, method algorithms and hyperparameter keys), the same ones every
+# `python -m mtml` stage runs; Snakemake's validate() then finds nothing, but would dump the
+# whole schema on an error.
 try:
     config = mtml_validate(config)
 except UserError as err:
     raise WorkflowError(f"params: {err}")
+validate(config, "../schemas/params.schema.yaml")
 
 # Jobs read the same files Snakemake read (params.yaml, or the --configfile ones instead), so
 # a stage sees exactly this config. (--config key=value would not reach the stages.)

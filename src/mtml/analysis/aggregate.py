@@ -35,7 +35,11 @@ class SummaryRows(pa.DataFrameModel):
 def _read_json(path: Path):
     if not path.exists():
         raise UserError(f"{path} is missing; run the train and evaluate stages for it first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); delete it and rerun the stage that "
+                        f"writes it (evaluate for eval.json and timing_eval.json, train otherwise)") from None
 
 
 def collect(params: dict, metrics_root: Path) -> pd.DataFrame:
