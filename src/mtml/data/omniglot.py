@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtml.data.download import fetch
+from mtml.data.download import fetch, unsafe_member
 from mtml.data.sources import check_options, register_source
 from mtml.data.storage import SPLITS, write_prepared
 from mtml.errors import UserError
@@ -220,11 +220,16 @@ def _parse(member: str) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _read_archive(archive: str, path: Path) -> list[tuple[str, str, str, bytes]]:
-    """[(alphabet, character, file, png bytes)] of one zip or extracted folder."""
+def _read_archive(archive: str, path: Path, local_key: str | None = None) -> list[tuple[str, str, str, bytes]]:
+    """[(alphabet, character, file, png bytes)] of one zip or extracted folder.
+
+    `local_key`: the params key that named `path` when it is the user's file (never to be
+    deleted), None for a download."""
     import zipfile
     import zlib
 
+    fix = (f"point params key '{local_key}' at a good copy" if local_key
+           else "delete it and rerun to download it again, or replace it with a good copy")
     rows = []
     if path.is_dir():
         for f in sorted(path.rglob("*")):
@@ -234,13 +239,17 @@ def _read_archive(archive: str, path: Path) -> list[tuple[str, str, str, bytes]]
     else:
         try:
             with zipfile.ZipFile(path) as zf:
+                # A member like ../x/y/z.png would otherwise be read as alphabet x, character y.
+                bad = [i.filename for i in zf.infolist() if unsafe_member(i.filename)]
+                if bad:
+                    raise UserError(f"archive {path} ({archive}) has a member outside its folder "
+                                    f"({bad[0]!r}); refusing it: {fix}")
                 for info in sorted(zf.infolist(), key=lambda i: i.filename):
                     if not info.is_dir() and (parsed := _parse(info.filename)):
                         rows.append((*parsed, zf.read(info)))
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError) as err:
             raise UserError(f"archive {path} ({archive}) is corrupt or not a zip ({type(err).__name__}: "
-                            f"{err}); delete it and rerun to download it again, or replace it with a "
-                            f"good copy") from None
+                            f"{err}); {fix}") from None
     if not rows:
         raise UserError(f"{path} ({archive}) holds no images in the Omniglot layout "
                         f"{_stem(archive)}/<alphabet>/<characterNN>/<id>_<drawer>.png")
@@ -352,7 +361,7 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
     sources = []
     for archive in opts["archives"]:
         path, origin = located[archive]
-        rows = _read_archive(archive, path)
+        rows = _read_archive(archive, path, _key(name, "local") if opts["local"] is not None else None)
         for alphabet, character, fname, blob in rows:
             other = alphabet_archive.setdefault(alphabet, archive)
             if other != archive:
