@@ -220,16 +220,19 @@ def _parse(member: str) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _read_archive(archive: str, path: Path, local_key: str | None = None) -> list[tuple[str, str, str, bytes]]:
-    """[(alphabet, character, file, png bytes)] of one zip or extracted folder.
+def _fix(name: str, opts: dict) -> str:
+    """What to do about a corrupt archive: never delete the user's own (options.local) file."""
+    if opts["local"] is not None:
+        return f"point params key '{_key(name, 'local')}' at a good copy"
+    return "delete it and rerun to download it again, or replace it with a good copy"
 
-    `local_key`: the params key that named `path` when it is the user's file (never to be
-    deleted), None for a download."""
+
+def _read_archive(archive: str, path: Path, fix: str) -> list[tuple[str, str, str, bytes]]:
+    """[(alphabet, character, file, png bytes)] of one zip or extracted folder; `fix` says
+    what to do about a bad one."""
     import zipfile
     import zlib
 
-    fix = (f"point params key '{local_key}' at a good copy" if local_key
-           else "delete it and rerun to download it again, or replace it with a good copy")
     rows = []
     if path.is_dir():
         for f in sorted(path.rglob("*")):
@@ -256,7 +259,7 @@ def _read_archive(archive: str, path: Path, local_key: str | None = None) -> lis
     return rows
 
 
-def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.ndarray:
+def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool, fix: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     out = np.empty((len(items), size, size), dtype=np.uint8)
@@ -265,8 +268,7 @@ def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.
             with Image.open(io.BytesIO(blob)) as im:
                 im = im.convert("L")
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise UserError(f"{where} is not a readable PNG ({err}); the archive is corrupt: delete "
-                            f"it and rerun, or replace it with a good copy") from None
+            raise UserError(f"{where} is not a readable PNG ({err}); the archive is corrupt: {fix}") from None
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BOX)
         out[i] = np.asarray(im, dtype=np.uint8)
@@ -275,7 +277,7 @@ def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.
     return out
 
 
-def _decode_all(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.ndarray:
+def _decode_all(items: list[tuple[str, bytes]], size: int, invert: bool, fix: str) -> np.ndarray:
     workers = max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else os.cpu_count() or 1))
     chunk = 512
@@ -284,7 +286,8 @@ def _decode_all(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.n
     with bar, ThreadPoolExecutor(workers) as pool:
         task = bar.add_task("decode omniglot", total=len(items))
         parts = []
-        for arr in pool.map(_decode_many, chunks, [size] * len(chunks), [invert] * len(chunks)):
+        for arr in pool.map(_decode_many, chunks, [size] * len(chunks), [invert] * len(chunks),
+                            [fix] * len(chunks)):
             parts.append(arr)
             bar.update(task, advance=len(arr))
     return np.concatenate(parts) if parts else np.empty((0, size, size), np.uint8)
@@ -361,7 +364,7 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
     sources = []
     for archive in opts["archives"]:
         path, origin = located[archive]
-        rows = _read_archive(archive, path, _key(name, "local") if opts["local"] is not None else None)
+        rows = _read_archive(archive, path, _fix(name, opts))
         for alphabet, character, fname, blob in rows:
             other = alphabet_archive.setdefault(alphabet, archive)
             if other != archive:
@@ -377,7 +380,7 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
     order = {s: i for i, s in enumerate(SPLITS)}
     keys = sorted((k for k in chars if k[0] in split_of), key=lambda k: (order[split_of[k[0]]], k))
     items = [item for k in keys for item in sorted(chars[k])]
-    base = _decode_all(items, opts["image_size"], opts["invert"])
+    base = _decode_all(items, opts["image_size"], opts["invert"], _fix(name, opts))
 
     rotations = ROTATIONS if opts["rotations"] else (0,)
     blocks, labels, rows = [], [], []
