@@ -58,7 +58,7 @@ def _rng_states() -> dict:
 
 
 def _set_rng_states(ckpt: dict) -> None:
-    # load_checkpoint(map_location=cuda) moves the saved generator states to the GPU too, but
+    # Loading a checkpoint onto cuda moves the saved generator states to the GPU too, but
     # generators only take CPU byte tensors.
     torch.set_rng_state(ckpt["torch_rng"].cpu())
     if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -145,8 +145,8 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     train_seconds = time.perf_counter() - t0
     if iterations == 0:  # nothing to resume, but every run leaves a checkpoint (a DVC output)
         save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "iteration": 0, "model": learner.state_dict(),
-                                     "optimizer": None, "stream": stream.state(),
-                                     **_rng_states(), "log": log, "best": best, "elapsed": 0.0})
+                                    "optimizer": None, "stream": stream.state(),
+                                    **_rng_states(), "log": log, "best": best, "elapsed": 0.0})
 
     if best["accuracy"] < 0:  # nothing trained (e.g. pixel-nn): keep the initial weights
         best["accuracy"] = validate(learner)
