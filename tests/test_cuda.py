@@ -96,7 +96,7 @@ def test_fewshot_methods_train_on_cuda_and_beat_chance(tmp_path):
     for meth, result in rows.items():
         test = [r for r in result if r["split"] == "test"]
         assert test and test[0]["accuracy"] > 30.0, (meth, test)
-    saved = torch.load(Layout(tmp_path, params).model("tiny", "maml"), map_location="cpu", weights_only=False)
+    saved = torch.load(Layout(tmp_path, params).model("tiny", "maml"), map_location="cpu", weights_only=True)
     assert saved["state"], "no weights saved"
 
 
@@ -127,7 +127,7 @@ def test_an_interrupted_gpu_training_resumes_from_its_checkpoint(tmp_path, monke
     monkeypatch.setattr(MetaLearner, "train_step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(params.run("tiny", "again"), layout, CUDA)
-    ckpt = torch.load(model_dir / "checkpoint.pt", map_location=CUDA, weights_only=False)
+    ckpt = torch.load(model_dir / "checkpoint.pt", map_location=CUDA, weights_only=True)
     assert ckpt["iteration"] == TINY["training"]["val_interval"]
     assert "cuda_rng" in ckpt
     monkeypatch.setattr(MetaLearner, "train_step", real_step)

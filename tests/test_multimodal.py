@@ -382,7 +382,7 @@ def test_runs_write_the_fewshot_files_and_aggregate_reads_them(trained):
                   "timing_train.json", "trace.jsonl"):
             assert (run / f).exists(), (meth, f)
         assert (models / "model.pt").exists() and (models / "checkpoint.pt").exists()
-        saved = torch.load(models / "model.pt", weights_only=False)
+        saved = torch.load(models / "model.pt", weights_only=True)
         assert saved["modes"] == MODES and saved["image_shape"] == [3, 28, 28]
         per_episode = pd.read_csv(run / "episodes.csv")
         assert set(per_episode["mode"]) == {0, 1, 2} and set(per_episode["dataset"]) == set(MODES)
@@ -399,7 +399,7 @@ def test_per_mode_method_keeps_one_learner_per_mode(trained):
     from mtml.layout import Layout
 
     study, root, _ = trained
-    saved = torch.load(Layout(root, study).model("mm", "multi-maml"), weights_only=False)["state"]
+    saved = torch.load(Layout(root, study).model("mm", "multi-maml"), weights_only=True)["state"]
     assert {k.split(".")[1] for k in saved} == {"0", "1", "2"}
 
 

@@ -416,6 +416,66 @@ def test_subtasks_keep_to_one_environment_unless_class_scope_is_split(tiny_bank)
     assert split.groupby("episode")["item"].apply(lambda i: len(set(group[i]))).max() > 1
 
 
+def _write_manifests(root, frames: dict, shape) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for fname, (frame, split, task) in frames.items():
+        frame.to_parquet(root / fname, index=False)
+        files[fname] = {"dataset": "scenes", "split": split, "task": task}
+    (root / "sources.json").write_text(json.dumps({**vars(shape), "files": files}))
+
+
+@pytest.mark.parametrize("fault,split,task,says", [
+    ("overlap", "test", "classification", "support and query overlap in episode 0"),
+    ("other split", "test", "depth", "of the train split, not test"),
+    ("other environment", "train", "depth", "of environment"),
+    ("out of range", "test", "classification", "uses item 100000"),
+    ("two classes under one label", "test", "classification", "a label is not one class"),
+    ("wrong size", "test", "depth", "episode 0 has 3 support items, not 2"),
+])
+def test_planted_subtask_manifest_faults_are_one_line_errors(tiny_bank, tmp_path, fault, split, task, says):
+    """Subtask manifests are checked when read and drawn: each fault is one UserError naming
+    the file, the episode and the fix; the untouched manifest passes."""
+    import pandas as pd
+
+    from mtml.multitask.data import Shape, build_manifest, manifest_subtasks, read_manifest
+
+    bank, shape = tiny_bank, Shape(3, 1, 2, 2, 3)
+    good = build_manifest(bank, TASKS[task], split, shape, 4, seed=2)
+    bad = good.copy()
+    ep0 = bad.index[bad["episode"] == 0]
+    labels = bank.data.labels
+    if fault == "overlap":
+        bad.loc[ep0[-1], "item"] = bad.loc[ep0[0], "item"]
+    elif fault == "other split":
+        bad.loc[ep0[0], "item"] = int(bank.items_of_env[bank.envs["train"][0]][0])
+    elif fault == "other environment":
+        env = bad.loc[ep0[0], "environment"]
+        other = next(e for e in bank.envs["train"] if e != env)
+        bad.loc[ep0[0], "item"] = int(bank.items_of_env[other][0])
+    elif fault == "out of range":
+        bad.loc[ep0[0], "item"] = 100000
+    elif fault == "two classes under one label":
+        sup = ep0[(bad.loc[ep0, "role"] == "support").to_numpy()]
+        row = sup[0]
+        same_env = bank.items_of_env[bad.loc[row, "environment"]]
+        bad.loc[row, "item"] = int(next(i for i in same_env if labels[i] != labels[bad.loc[row, "item"]]
+                                        and i not in set(bad.loc[ep0, "item"])))
+    else:  # one more support item
+        extra = bad.loc[[ep0[0]]]
+        extra["item"] = int(next(i for i in bank.items_of_env[bad.loc[ep0[0], "environment"]]
+                                 if i not in set(bad.loc[ep0, "item"])))
+        bad = pd.concat([extra, bad], ignore_index=True)
+    root = tmp_path / "episodes" / "exp"
+    _write_manifests(root, {"good.parquet": (good, split, task), "bad.parquet": (bad, split, task)}, shape)
+    assert len(list(manifest_subtasks(bank, TASKS[task], read_manifest(root / "good.parquet")))) == 4
+    with pytest.raises(UserError) as err:
+        list(manifest_subtasks(bank, TASKS[task], read_manifest(root / "bad.parquet")))
+    msg = str(err.value)
+    assert "\n" not in msg and str(root / "bad.parquet") in msg and says in msg, msg
+    assert f"delete {root} and rerun the episodes stage" in msg
+
+
 def test_training_stream_resumes_from_its_state(tiny_bank):
     from mtml.multitask.data import Shape, SubtaskStream
 

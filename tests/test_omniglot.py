@@ -265,7 +265,8 @@ def test_corrupt_zip(tmp_path, synth, damage):
     with pytest.raises(UserError, match=r"images_background.zip.*(corrupt|not a readable PNG)") as err:
         _prepare(tmp_path, {"archives": ["images_background.zip"], "local": str(bad),
                             "split": {"train": ["Latin"]}})
-    assert "delete it" in str(err.value)
+    # The user's own file (options.local) is never offered for deletion.
+    assert "delete it" not in str(err.value) and "datasets.omni.options.local' at a good copy" in str(err.value)
 
 
 def test_missing_archive_without_network(tmp_path):

@@ -112,11 +112,11 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert not (roots[1] / "models/default/tiny/protonet/model.pt").exists()
     import torch
 
-    assert 0 < torch.load(ckpt, weights_only=False)["iteration"] < 60
+    assert 0 < torch.load(ckpt, weights_only=True)["iteration"] < 60
     run_command(train, roots[1])
     for f in ("metrics/default/runs/tiny/protonet/train_log.csv", "metrics/default/runs/tiny/protonet/train.json"):
         assert (roots[0] / f).read_bytes() == (roots[1] / f).read_bytes(), f
-    a, b = (torch.load(r / "models/default/tiny/protonet/model.pt", weights_only=False)["state"] for r in roots)
+    a, b = (torch.load(r / "models/default/tiny/protonet/model.pt", weights_only=True)["state"] for r in roots)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

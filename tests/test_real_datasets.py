@@ -293,7 +293,11 @@ def test_mini_prepared_layouts(tmp_path):
             pickle.dump({"image_data": np.stack(arrays), "class_dict": class_dict}, f)
     results = {}
     for layout, root in (("ravi", ravi), ("folders", folders), ("pickle", pkl)):
-        _prepare(tmp_path, f"mini-{layout}", "miniimagenet", local=str(root))
+        if layout == "pickle":  # layout: auto never unpickles
+            with pytest.raises(UserError, match="mini-imagenet-cache-train.pkl.*layout' to pickle"):
+                _prepare(tmp_path, "mini-auto", "miniimagenet", local=str(root))
+        _prepare(tmp_path, f"mini-{layout}", "miniimagenet", local=str(root),
+                 **({"layout": "pickle"} if layout == "pickle" else {}))
         data = load_prepared(tmp_path / "processed" / f"mini-{layout}")
         assert data.meta["layout"] == layout
         _check_split(data, imagenet.MINI_SPLIT)
@@ -361,7 +365,7 @@ def test_tiered_from_ilsvrc_with_ren_csvs(tmp_path):
         _prepare(tmp_path, "t2", "tieredimagenet", local=str(root), split_csv=str(csv_dir))
 
 
-def test_tiered_from_ren_pickles(tmp_path):
+def test_tiered_from_ren_pickles(tmp_path, capsys):
     classes = _tiered_classes()
     for s in SPLITS:
         supers = imagenet.TIERED_SUPERCLASSES[s]
@@ -377,7 +381,11 @@ def test_tiered_from_ren_pickles(tmp_path):
         with open(tmp_path / f"{s}_labels.pkl", "wb") as f:
             pickle.dump({"label_specific": np.array(specific), "label_general": np.array(general),
                          "label_specific_str": names, "label_general_str": supers}, f)
-    _prepare(tmp_path, "tiered", "tieredimagenet", local=str(tmp_path))
+    with pytest.raises(UserError, match="train_labels.pkl.*layout' to pickle"):
+        _prepare(tmp_path, "tiered", "tieredimagenet", local=str(tmp_path))
+    _prepare(tmp_path, "tiered", "tieredimagenet", local=str(tmp_path), layout="pickle")
+    warning = capsys.readouterr().err
+    assert "warning: dataset tiered: unpickling" in warning and str(tmp_path / "test_images_png.pkl") in warning
     data = load_prepared(tmp_path / "processed" / "tiered")
     assert data.meta["layout"] == "pickle" and data.images.shape == (608 * 3, 3, 84, 84)
     assert data.classes.groupby("split")["group"].nunique().to_dict() == {"train": 20, "val": 6, "test": 8}

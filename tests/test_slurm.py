@@ -291,7 +291,7 @@ def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
     import torch
 
     for meth in ("pixel-nn", "protonet", "maml"):
-        a, b = (torch.load(r / f"models/default/tiny/{meth}/model.pt", weights_only=False)["state"] for r in (root, ref))
+        a, b = (torch.load(r / f"models/default/tiny/{meth}/model.pt", weights_only=True)["state"] for r in (root, ref))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), meth
     summary = json.loads((root / "metrics/default/summary.json").read_text())
     assert {row["method"] for row in summary.values()} == {"pixel-nn", "protonet", "maml"}

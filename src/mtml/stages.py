@@ -45,6 +45,8 @@ def build_episodes(study: Study, layout: Layout, experiment: str) -> Path:
         for spec in exp.kind.manifests(study, exp):
             if spec.dataset not in data:
                 data[spec.dataset] = load_data(exp, layout, spec.dataset)
+                if spec.dataset in exp.kind.train_datasets(exp):  # the training stream's tasks
+                    exp.kind.check_train_data(exp, data[spec.dataset])
             d = data[spec.dataset]
             exp.kind.build_manifest(exp, spec, d).to_parquet(tmp / spec.file, index=False)
             files[spec.file] = {"dataset": spec.dataset, "split": spec.split, "episodes": spec.episodes,
@@ -107,14 +109,14 @@ def train(run: Run, layout: Layout, device) -> dict:
 def load_learner(run: Run, layout: Layout, device, path: Path | None = None) -> MetaLearner:
     """The trained model of `run` (model.pt, or `path`), in evaluation mode."""
     from mtml.methods.base import LearnerContext
+    from mtml.training.checkpoint import load_model, load_weights
 
     path = Path(path or layout.model(run.experiment.name, run.method))
-    saved = torch.load(path, map_location=device, weights_only=False)
+    saved = load_model(path, device)
     tasks = run.experiment.settings.tasks if saved.get("tasks") else ()
     ctx = LearnerContext(tuple(saved["image_shape"]), saved["ways"], tuple(saved.get("modes") or ()), tuple(tasks))
     learner = build_learner(run, ctx).to(device)
-    learner.load_state_dict(saved["state"])
-    return learner.eval()
+    return load_weights(learner, saved, path).eval()
 
 
 def evaluate(run: Run, layout: Layout, device) -> list[dict]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import random
+import re
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +31,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-{_HOST}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
@@ -40,6 +45,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+# Hours after which a temporary made on another host (a cluster node) counts as abandoned.
+FOREIGN_TEMP_HOURS = 24
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete what killed writers of `path` left: `.<name>.<pid>-<host>.<random>.tmp` whose
+    process is gone (or, made on another host, older than FOREIGN_TEMP_HOURS), and temporaries
+    of the older unnamed form `.<name>.<random>.tmp`. A live writer's temporary is kept."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-(\w*)\.)?[a-z0-9_]{8}\.tmp")
+    removed = []
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        if m.group(1) is not None:
+            if m.group(2) == _HOST:
+                try:
+                    os.kill(int(m.group(1)), 0)
+                    continue  # its writer still runs
+                except ProcessLookupError:
+                    pass
+                except PermissionError:  # alive, someone else's
+                    continue
+            elif time.time() - entry.stat().st_mtime < FOREIGN_TEMP_HOURS * 3600:
+                continue
+        import shutil
+
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -15,13 +15,14 @@ min_version("8.10")
 PARAMS_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params.yaml"]
 PARAMS = " ".join(PARAMS_FILES)
 
-# Schema check (with defaults), then the study: every kind setting and run resolved once, with
-# the same checks every `python -m mtml` stage runs.
-validate(config, "../schemas/params.schema.yaml")
+# Our own checks first, the same every `python -m mtml` stage runs (the schema with one-line
+# messages, the names that link sections, then the study: every kind setting and run resolved
+# once); Snakemake's validate() then finds nothing, but would dump the whole schema on an error.
 try:
     STUDY = mtml_study(config, PARAMS_FILES)
 except UserError as err:
     raise WorkflowError(f"params: {err}")
+validate(config, "../schemas/params.schema.yaml")
 # Every path comes from the study's layout (the one place that names them; dvc.yaml is
 # generated from it too). Paths with "{wildcard}" names are the rules' patterns.
 LAYOUT = Layout(".", STUDY)

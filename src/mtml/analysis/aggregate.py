@@ -37,8 +37,9 @@ def _read_json(path: Path):
         raise UserError(f"{path} is missing; run the train and evaluate stages for it first")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err}); delete it and rerun the stage that writes it") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); delete it and rerun the stage that "
+                        f"writes it (evaluate for eval.json and timing_eval.json, train otherwise)") from None
 
 
 def collect(study, layout) -> pd.DataFrame:

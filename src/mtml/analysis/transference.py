@@ -38,6 +38,7 @@ from mtml.errors import UserError
 from mtml.methods.base import Episode, MetaLearner
 from mtml.multimodal.sampler import MultimodalStream
 from mtml.stages import init_learner, load_banks, read_manifests, training_stream
+from mtml.training.checkpoint import load_model
 from mtml.utils import atomic_path, derive_seed, resolve_device
 
 DEFAULT_ALGORITHMS = ("maml", "mmaml-kml")
@@ -98,7 +99,7 @@ def _snapshots(run, layout, banks, opts, device):
             learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
                                lambda: stream.batch(tcfg["meta_batch"]))
     if model_path.exists():
-        states.append(("trained", torch.load(model_path, map_location=device, weights_only=False)["state"]))
+        states.append(("trained", load_model(model_path, device)["state"]))
     return learner, states
 
 

@@ -316,7 +316,8 @@ def fetch(
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
-def _unsafe(name: str) -> bool:
+def unsafe_member(name: str) -> bool:
+    """An archive member that would land outside the folder it is extracted to."""
     name = name.replace("\\", "/")
     p = PurePosixPath(name)
     return p.is_absolute() or ".." in p.parts or bool(re.match(r"^[A-Za-z]:", name))
@@ -325,7 +326,7 @@ def _unsafe(name: str) -> bool:
 def _extract_zip(archive: Path, tmp: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
-            if _unsafe(info.filename):
+            if unsafe_member(info.filename):
                 raise UserError(f"archive {archive} has a member outside its folder "
                                 f"({info.filename!r}); refusing to extract it")
         zf.extractall(tmp)
@@ -335,9 +336,9 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for m in members:
-            link_escapes = (m.issym() and _unsafe(str(PurePosixPath(m.name).parent / m.linkname))) or (
-                m.islnk() and _unsafe(m.linkname))
-            if _unsafe(m.name) or link_escapes:
+            link_escapes = (m.issym() and unsafe_member(str(PurePosixPath(m.name).parent / m.linkname))) or (
+                m.islnk() and unsafe_member(m.linkname))
+            if unsafe_member(m.name) or link_escapes:
                 raise UserError(f"archive {archive} has a member outside its folder "
                                 f"({m.name!r}); refusing to extract it")
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: also drops devices, odd modes
@@ -349,9 +350,14 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
             tf.extractall(tmp, members=[m for m in members if m.isfile() or m.isdir() or m.issym() or m.islnk()])
 
 
-def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """Unpack a zip or tar(.gz/.bz2/.xz) `archive` into `dest_dir` (replaced atomically)."""
+def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike, local_key: str | None = None) -> Path:
+    """Unpack a zip or tar(.gz/.bz2/.xz) `archive` into `dest_dir` (replaced atomically).
+
+    `local_key`: the params key that named `archive` when it is the user's own file, which
+    an error then never offers to delete."""
     archive, dest_dir = Path(archive), Path(dest_dir)
+    fix = (f"point params key '{local_key}' at a good copy" if local_key
+           else "delete it and rerun to download it again")
     if not archive.is_file():
         raise UserError(f"archive {archive} does not exist")
     name = archive.name.lower()
@@ -368,8 +374,8 @@ def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
                 _extract_tar(archive, tmp)
             else:
                 raise UserError(f"{archive} is neither a zip nor a tar archive (corrupt or "
-                                f"incomplete download?); delete it and rerun to download it again")
+                                f"incomplete download?); {fix}")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error) as err:
-        raise UserError(f"archive {archive} is corrupt ({type(err).__name__}: {err}); delete it and "
-                        f"rerun to download it again, or replace it with a good copy") from None
+        raise UserError(f"archive {archive} is corrupt ({type(err).__name__}: {err}); {fix}"
+                        + ("" if local_key else ", or replace it with a good copy")) from None
     return dest_dir

@@ -8,7 +8,7 @@ licence requires a registered account), so `prepare` reads a local path given in
 miniImageNet (Vinyals et al. 2016; the split of Ravi & Larochelle, ICLR 2017,
 github.com/twitter/meta-learning-lstm, data/miniImagenet/{train,val,test}.csv): 64/16/20
 ImageNet classes (MINI_SPLIT below) x 600 images. `options.local` is one of (`layout: auto`
-tells them apart):
+tells them apart, except `pickle`, which must be named):
 
 - `ilsvrc`: the ILSVRC-2012 training folder (ILSVRC2012_img_train.tar extracted, one folder of
   JPEGs per wnid: `<local>/n01532829/n01532829_10007.JPEG`). Without split files the first 600
@@ -23,7 +23,7 @@ tells them apart):
 - `folders`: `<local>/{train,val,test}/<wnid>/*.jpg` (e.g. the output of that generator).
 - `pickle`: `<local>/mini-imagenet-cache-{train,val,test}.pkl`, each a dict with `image_data`
   (uint8 [N, 84, 84, 3]) and `class_dict` ({wnid: [row indices]}). Pickles run code when
-  loaded: use only files you trust.
+  loaded: read only with `layout: pickle` (never by `auto`), with a warning naming the files.
 
 The classes found must be exactly the published ones per split (checked).
 
@@ -35,7 +35,7 @@ github.com/renmengye/few-shot-ssl-public, fewshot/data/tiered_imagenet_split/{tr
 (rows `<class wnid>,<superclass wnid>`); this code pins the 34 superclasses per split
 (TIERED_SUPERCLASSES) and the class counts, and checks the files against them. `options.local`:
 
-- `pickle`: the authors' distribution (tiered-imagenet.tar):
+- `pickle` (only when named, as for miniImageNet): the authors' distribution (tiered-imagenet.tar):
   `<local>/{train,val,test}_images_png.pkl` (a list of PNG-encoded 84x84 images; or
   `{split}_images.npz` with an `images` array [N, 84, 84, 3]) and `{split}_labels.pkl` (a dict
   with `label_specific`, `label_general`, `label_specific_str`, `label_general_str`).
@@ -53,6 +53,7 @@ import csv
 import json
 import pickle
 import re
+import sys
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -205,14 +206,14 @@ def _check_classes(name: str, where: str, found: dict[str, list[str]], expected:
 # -- miniImageNet ---------------------------------------------------------------------------
 
 def _mini_layout(root: Path) -> str:
-    if (root / "mini-imagenet-cache-train.pkl").is_file():
-        return "pickle"
     if (root / "images").is_dir() and (root / "train.csv").is_file():
         return "ravi"
     if all((root / s).is_dir() for s in SPLITS):
         return "folders"
     if _wnid_folders(root):
         return "ilsvrc"
+    if (root / "mini-imagenet-cache-train.pkl").is_file():
+        return "pickle"
     raise UserError(f"{root} has none of the miniImageNet layouts: an ILSVRC train folder (wnid "
                     f"folders), images/ + train.csv, train/ val/ test/ folders, or "
                     f"mini-imagenet-cache-*.pkl; see docs/datasets.md")
@@ -322,12 +323,12 @@ def _mini_pickle(name: str, root: Path) -> tuple[Collected, dict]:
 # -- tieredImageNet -------------------------------------------------------------------------
 
 def _tiered_layout(root: Path) -> str:
-    if (root / "train_labels.pkl").is_file():
-        return "pickle"
     if all((root / s).is_dir() for s in SPLITS):
         return "folders"
     if _wnid_folders(root):
         return "ilsvrc"
+    if (root / "train_labels.pkl").is_file():
+        return "pickle"
     raise UserError(f"{root} has none of the tieredImageNet layouts: {{train,val,test}}_labels.pkl with "
                     f"_images_png.pkl, train/ val/ test/ folders, or an ILSVRC train folder; see docs/datasets.md")
 
@@ -420,6 +421,12 @@ def _tiered_pickle(name: str, root: Path) -> tuple[Collected, dict]:
 
 # -- the sources --------------------------------------------------------------------------
 
+def _pickle_files(root: Path, source: str) -> list[Path]:
+    names = ([f"mini-imagenet-cache-{s}.pkl" for s in SPLITS] if source == "miniimagenet"
+             else [f"{s}_{part}.pkl" for s in SPLITS for part in ("labels", "images_png")])
+    return [root / n for n in names if (root / n).is_file()]
+
+
 def _options(name: str, source: str, options: dict) -> tuple[dict, Path, str]:
     defaults, layouts = (MINI_DEFAULTS, MINI_LAYOUTS) if source == "miniimagenet" else (TIERED_DEFAULTS, TIERED_LAYOUTS)
     opts = check_options(name, options, defaults)
@@ -434,8 +441,18 @@ def _options(name: str, source: str, options: dict) -> tuple[dict, Path, str]:
     if "images_per_class" in opts:
         check_int(name, "images_per_class", opts["images_per_class"], 1, 1300)
     layout = check_choice(name, "layout", opts["layout"], layouts)
-    if layout == "auto":
+    auto = layout == "auto"
+    if auto:
         layout = _mini_layout(root) if source == "miniimagenet" else _tiered_layout(root)
+    if layout == "pickle":
+        # Unpickling runs whatever code the file names: only ever on the user's explicit say-so.
+        files = ", ".join(str(p) for p in _pickle_files(root, source))
+        if auto:
+            raise UserError(f"{root} holds {source}'s pickle layout ({files}); loading a pickle can run code "
+                            f"from the file, so layout: auto never picks it. If you trust these files, set "
+                            f"params key '{key(name, 'layout')}' to pickle")
+        print(f"warning: dataset {name}: unpickling {files} (a pickle can run code when loaded; "
+              f"use only files you trust)", file=sys.stderr, flush=True)
     if source == "miniimagenet" and layout != "ilsvrc":
         # The pre-split layouts carry their own image lists.
         if opts["split_csv"] is not None:

@@ -177,10 +177,11 @@ def official_archive(name: str, opts: dict, raw_dir: Path, archive: Archive, *,
     folder = archives_dir(raw_dir) / f"{archive.stem}-{origin['md5'][:8]}"
     with _locked(archives_dir(raw_dir) / f".{folder.name}.lock"):
         if not (folder / marker).exists():
-            extract(path, folder)
+            extract(path, folder, key(name, "local") if local is not None else None)
     if not (folder / marker).exists():
         raise UserError(f"{path} does not hold {marker}: it is not {archive.filename} (or it is corrupt); "
-                        f"delete it and rerun, or point '{key(name, 'local')}' at a good copy")
+                        + (f"point '{key(name, 'local')}' at a good copy" if local is not None else
+                           f"delete it and rerun, or point '{key(name, 'local')}' at a good copy"))
     return folder / root_name, origin
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtml.data.download import fetch
+from mtml.data.download import fetch, unsafe_member
 from mtml.data.sources import check_options, register_source
 from mtml.data.storage import SPLITS, write_prepared
 from mtml.errors import UserError
@@ -220,8 +220,16 @@ def _parse(member: str) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _read_archive(archive: str, path: Path) -> list[tuple[str, str, str, bytes]]:
-    """[(alphabet, character, file, png bytes)] of one zip or extracted folder."""
+def _fix(name: str, opts: dict) -> str:
+    """What to do about a corrupt archive: never delete the user's own (options.local) file."""
+    if opts["local"] is not None:
+        return f"point params key '{_key(name, 'local')}' at a good copy"
+    return "delete it and rerun to download it again, or replace it with a good copy"
+
+
+def _read_archive(archive: str, path: Path, fix: str) -> list[tuple[str, str, str, bytes]]:
+    """[(alphabet, character, file, png bytes)] of one zip or extracted folder; `fix` says
+    what to do about a bad one."""
     import zipfile
     import zlib
 
@@ -234,20 +242,24 @@ def _read_archive(archive: str, path: Path) -> list[tuple[str, str, str, bytes]]
     else:
         try:
             with zipfile.ZipFile(path) as zf:
+                # A member like ../x/y/z.png would otherwise be read as alphabet x, character y.
+                bad = [i.filename for i in zf.infolist() if unsafe_member(i.filename)]
+                if bad:
+                    raise UserError(f"archive {path} ({archive}) has a member outside its folder "
+                                    f"({bad[0]!r}); refusing it: {fix}")
                 for info in sorted(zf.infolist(), key=lambda i: i.filename):
                     if not info.is_dir() and (parsed := _parse(info.filename)):
                         rows.append((*parsed, zf.read(info)))
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError) as err:
             raise UserError(f"archive {path} ({archive}) is corrupt or not a zip ({type(err).__name__}: "
-                            f"{err}); delete it and rerun to download it again, or replace it with a "
-                            f"good copy") from None
+                            f"{err}); {fix}") from None
     if not rows:
         raise UserError(f"{path} ({archive}) holds no images in the Omniglot layout "
                         f"{_stem(archive)}/<alphabet>/<characterNN>/<id>_<drawer>.png")
     return rows
 
 
-def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.ndarray:
+def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool, fix: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     out = np.empty((len(items), size, size), dtype=np.uint8)
@@ -256,8 +268,7 @@ def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.
             with Image.open(io.BytesIO(blob)) as im:
                 im = im.convert("L")
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise UserError(f"{where} is not a readable PNG ({err}); the archive is corrupt: delete "
-                            f"it and rerun, or replace it with a good copy") from None
+            raise UserError(f"{where} is not a readable PNG ({err}); the archive is corrupt: {fix}") from None
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BOX)
         out[i] = np.asarray(im, dtype=np.uint8)
@@ -266,7 +277,7 @@ def _decode_many(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.
     return out
 
 
-def _decode_all(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.ndarray:
+def _decode_all(items: list[tuple[str, bytes]], size: int, invert: bool, fix: str) -> np.ndarray:
     workers = max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else os.cpu_count() or 1))
     chunk = 512
@@ -275,7 +286,8 @@ def _decode_all(items: list[tuple[str, bytes]], size: int, invert: bool) -> np.n
     with bar, ThreadPoolExecutor(workers) as pool:
         task = bar.add_task("decode omniglot", total=len(items))
         parts = []
-        for arr in pool.map(_decode_many, chunks, [size] * len(chunks), [invert] * len(chunks)):
+        for arr in pool.map(_decode_many, chunks, [size] * len(chunks), [invert] * len(chunks),
+                            [fix] * len(chunks)):
             parts.append(arr)
             bar.update(task, advance=len(arr))
     return np.concatenate(parts) if parts else np.empty((0, size, size), np.uint8)
@@ -352,7 +364,7 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
     sources = []
     for archive in opts["archives"]:
         path, origin = located[archive]
-        rows = _read_archive(archive, path)
+        rows = _read_archive(archive, path, _fix(name, opts))
         for alphabet, character, fname, blob in rows:
             other = alphabet_archive.setdefault(alphabet, archive)
             if other != archive:
@@ -368,7 +380,7 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
     order = {s: i for i, s in enumerate(SPLITS)}
     keys = sorted((k for k in chars if k[0] in split_of), key=lambda k: (order[split_of[k[0]]], k))
     items = [item for k in keys for item in sorted(chars[k])]
-    base = _decode_all(items, opts["image_size"], opts["invert"])
+    base = _decode_all(items, opts["image_size"], opts["invert"], _fix(name, opts))
 
     rotations = ROTATIONS if opts["rotations"] else (0,)
     blocks, labels, rows = [], [], []

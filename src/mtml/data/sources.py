@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mtml.errors import UserError
+from mtml.utils import remove_stale_temporaries
 
 PrepareFn = Callable[[str, dict, Path, Path, int], None]
 SOURCES: dict[str, PrepareFn] = {}
@@ -65,5 +66,6 @@ def prepare_dataset(name: str, config: dict, raw_dir: Path, out_dir: Path, seed:
             f"params key 'datasets.{name}.source' is {source!r}; allowed: {', '.join(sorted(sources))}"
         )
     out_dir = Path(out_dir)
+    remove_stale_temporaries(out_dir)  # a killed earlier prepare's, before this one's long work
     sources[source](name, dict(config.get("options") or {}), Path(raw_dir), out_dir, seed)
     return out_dir

@@ -82,6 +82,18 @@ def validate(images: np.ndarray, labels: np.ndarray, classes: pd.DataFrame, wher
     return classes
 
 
+def content_md5(images: np.ndarray, labels: np.ndarray, classes: pd.DataFrame,
+                extras: dict[str, np.ndarray]) -> str:
+    """The md5 of everything a prepared dataset holds: downstream stages key on it, and
+    `load_prepared` checks it, so a change of the data itself never goes unnoticed."""
+    digest = hashlib.md5(np.ascontiguousarray(images).data)
+    digest.update(labels.astype(np.int64).tobytes())
+    digest.update(classes.to_csv(index=False).encode())
+    for key in sorted(extras):
+        digest.update(key.encode() + np.ascontiguousarray(extras[key]).tobytes())
+    return digest.hexdigest()
+
+
 def write_prepared(
     out_dir: str | Path,
     images: np.ndarray,
@@ -100,16 +112,10 @@ def write_prepared(
     for key, arr in extras.items():
         if not key.isidentifier() or key in ("images", "labels") or arr.shape[:1] != images.shape[:1]:
             raise ValueError(f"extra {key!r}: needs an identifier name and {images.shape[0]} rows")
-    # A content hash lets downstream stages notice any change of the data itself.
-    digest = hashlib.md5(np.ascontiguousarray(images).data)
-    digest.update(labels.astype(np.int64).tobytes())
-    digest.update(classes.to_csv(index=False).encode())
-    for key in sorted(extras):
-        digest.update(key.encode() + np.ascontiguousarray(extras[key]).tobytes())
     if extras:
         meta = {**meta, "extras": sorted(extras)}
     meta = {**meta, "image_shape": list(images.shape[1:]), "n_images": int(images.shape[0]),
-            "n_classes": int(len(classes)), "content_md5": digest.hexdigest()}
+            "n_classes": int(len(classes)), "content_md5": content_md5(images, labels, classes, extras)}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         np.save(tmp / "images.npy", np.ascontiguousarray(images))
@@ -120,8 +126,27 @@ def write_prepared(
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+# (path, files' sizes and mtimes) of prepared datasets whose content_md5 this process checked:
+# a stage that loads a dataset twice hashes it once.
+_VERIFIED: set[tuple] = set()
+
+
+def _redo(path: Path, name: str | None = None) -> str:
+    return f"delete {path} and rerun the prepare stage (python -m mtml prepare --dataset {name or path.name})"
+
+
+def _load_array(path: Path, file: str, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path / file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # truncated: "mmap length is greater than file size"
+        raise UserError(f"prepared dataset {path}: {file} is unreadable ({err}; truncated or "
+                        f"overwritten?); {_redo(path)}") from None
+
+
 def load_prepared(path: str | Path, mmap: bool = True, name: str | None = None) -> PreparedDataset:
-    """The prepared dataset at `path`; `name` is its params name (default: the folder's)."""
+    """Read a prepared dataset, checked: readable arrays, a class table that fits them, and
+    (once per process) the content_md5 that prepare recorded in meta.json. `name` is its params
+    name (default: the folder's)."""
     path = Path(path)
     needed = ["images.npy", "labels.npy", "classes.csv", "meta.json"]
     missing = [n for n in needed if not (path / n).exists()]
@@ -130,14 +155,24 @@ def load_prepared(path: str | Path, mmap: bool = True, name: str | None = None) 
             f"prepared dataset {path} lacks {', '.join(missing)}; run the prepare stage "
             f"(python -m mtml prepare --dataset {name or path.name}) first"
         )
-    images = np.load(path / "images.npy", mmap_mode="r" if mmap else None)
-    labels = np.load(path / "labels.npy")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"prepared dataset {path}: meta.json is not valid JSON ({err}); {_redo(path, name)}") from None
+    images = _load_array(path, "images.npy", mmap)
+    labels = _load_array(path, "labels.npy", False)
     classes = pd.read_csv(path / "classes.csv", keep_default_na=False)
     classes = validate(images, labels, classes, str(path))
-    meta = json.loads((path / "meta.json").read_text())
     extras = {}
     for key in meta.get("extras", []):
         if not (path / f"{key}.npy").exists():
             raise UserError(f"prepared dataset {path} lacks {key}.npy; run the prepare stage again")
-        extras[key] = np.load(path / f"{key}.npy", mmap_mode="r" if mmap else None)
+        extras[key] = _load_array(path, f"{key}.npy", mmap)
+    files = sorted(needed + [f"{k}.npy" for k in extras])
+    stamp = (str(path.resolve()), *((f, (path / f).stat().st_size, (path / f).stat().st_mtime_ns) for f in files))
+    if "content_md5" in meta and stamp not in _VERIFIED:
+        if content_md5(images, labels, classes, extras) != meta["content_md5"]:
+            raise UserError(f"prepared dataset {path} does not match the content_md5 in its meta.json "
+                            f"(its files changed after prepare wrote them); {_redo(path, name)}")
+        _VERIFIED.add(stamp)
     return PreparedDataset(name or path.name, images, labels, classes, meta, extras)

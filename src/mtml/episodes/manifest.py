@@ -7,6 +7,7 @@ item (row of the prepared dataset's images.npy). Rows are sorted by episode, rol
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,31 +30,66 @@ class ManifestRows(pa.DataFrameModel):
         coerce = True
 
 
+def _first(mask, df: pd.DataFrame) -> int:
+    """The first flagged episode: `mask` is per row of `df`, or per group keyed by episode."""
+    if isinstance(mask, pd.Series) and mask.index.names[0] == "episode":
+        idx = mask[mask].index[0]
+        return int(idx[0] if isinstance(idx, tuple) else idx)
+    return int(df["episode"].to_numpy()[np.asarray(mask)][0])
+
+
 def check_manifest(df: pd.DataFrame, ways: int, shots: int, queries: int,
-                   allowed_classes=None, labels: np.ndarray | None = None, where: str = "") -> pd.DataFrame:
-    """Validate rows, then the episode structure. Raises UserError naming `where`."""
+                   allowed_classes=None, labels: np.ndarray | None = None, where: str = "",
+                   fix: str = "") -> pd.DataFrame:
+    """Validate rows, then the episode structure. Raises UserError naming `where`, the first
+    bad episode and `fix` (what to do about it)."""
     try:
         df = ManifestRows.validate(df, lazy=True)
     except pa.errors.SchemaErrors as err:
-        raise UserError(f"episode manifest {where} has bad rows: {err.failure_cases.head(5).to_dict('records')}") from None
+        raise UserError(f"episode manifest {where} has bad rows: "
+                        f"{err.failure_cases.head(3).to_dict('records')}{fix}") from None
     problems = []
-    per_ep = df.groupby("episode")
-    if (per_ep["class_id"].nunique() != ways).any():
-        problems.append(f"an episode does not have exactly {ways} classes")
+    n_classes = df.groupby("episode")["class_id"].nunique()
+    if (n_classes != ways).any():
+        problems.append(f"episode {_first(n_classes != ways, df)} does not have exactly {ways} classes")
     counts = df.groupby(["episode", "role", "label"]).size().unstack("role", fill_value=0)
-    if not ((counts.get("support", 0) == shots).all() and (counts.get("query", 0) == queries).all()):
-        problems.append(f"a class does not have {shots} support and {queries} query items")
-    if df.duplicated(["episode", "item"]).any():
-        problems.append("support and query overlap (an item appears twice in an episode)")
-    if (df.groupby(["episode", "label"])["class_id"].nunique() != 1).any():
-        problems.append("a label maps to two classes in one episode")
-    if allowed_classes is not None and not df["class_id"].isin(allowed_classes).all():
-        problems.append("an episode uses a class outside its split")
-    if labels is not None and not (labels[df["item"].to_numpy()] == df["class_id"].to_numpy()).all():
-        problems.append("an item's class differs from its class_id column")
+    for role, n in (("support", shots), ("query", queries)):
+        got = counts[role] if role in counts else pd.Series(0, index=counts.index)
+        if (got != n).any():
+            problems.append(f"episode {_first(got != n, df)} does not have {n} {role} items per class")
+    dup = df.duplicated(["episode", "item"])
+    if dup.any():
+        problems.append(f"support and query overlap in episode {_first(dup, df)} (an item appears twice)")
+    two = df.groupby(["episode", "label"])["class_id"].nunique() != 1
+    if two.any():
+        problems.append(f"a label maps to two classes in episode {_first(two, df)}")
+    if allowed_classes is not None or labels is not None:
+        problems += _data_problems(df, allowed_classes, labels)
     if problems:
-        raise UserError(f"episode manifest {where} is invalid: " + "; ".join(problems))
+        raise UserError(f"episode manifest {where} is invalid: " + "; ".join(problems[:2]) + fix)
     return df
+
+
+def _data_problems(df: pd.DataFrame, allowed_classes, labels: np.ndarray | None,
+                   dataset: str = "the dataset", split: str = "its split") -> list[str]:
+    """What is wrong with the manifest's items and classes given the prepared data."""
+    problems = []
+    items = df["item"].to_numpy()
+    if labels is not None and (items >= len(labels)).any():
+        bad = items >= len(labels)
+        return [f"episode {_first(bad, df)} uses item {items[bad][0]}, but {dataset} has "
+                f"{len(labels)} images"]
+    if allowed_classes is not None:
+        outside = ~df["class_id"].isin(allowed_classes)
+        if outside.any():
+            problems.append(f"episode {_first(outside, df)} uses class {df['class_id'][outside].iloc[0]}, "
+                            f"which is not in {split}")
+    if labels is not None:
+        differ = labels[items] != df["class_id"].to_numpy()
+        if differ.any():
+            problems.append(f"in episode {_first(differ, df)} item {items[differ][0]} is of class "
+                            f"{labels[items[differ][0]]} in the class table, not {df['class_id'][differ].iloc[0]}")
+    return problems
 
 
 def sample_indices(rng: np.random.Generator, items_by_class: list[np.ndarray], classes: np.ndarray,
@@ -81,8 +117,26 @@ def items_by_class(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
     return [order[bounds[c]:bounds[c + 1]] for c in range(n_classes)]
 
 
+def check_sizes(data: PreparedDataset, split: str, ways: int, shots: int, queries: int,
+                exp: str | None = None) -> None:
+    """Episodes of `split` can be drawn: enough classes for `ways`, enough images per class
+    for `shots + queries`. Raises UserError naming the dataset, split and params keys."""
+    key = f"experiments.{exp or '<experiment>'}"
+    classes = data.split_classes(split)
+    if len(classes) < ways:
+        raise UserError(f"dataset {data.name}: its {split} split has {len(classes)} classes but episodes "
+                        f"need ways={ways} (params key '{key}.ways'); lower it, or give the split more "
+                        f"classes (datasets.{data.name}.options)")
+    sizes = data.classes.set_index("class_id").loc[classes, "n_images"]
+    if len(sizes) and sizes.min() < shots + queries:
+        raise UserError(f"dataset {data.name}: class {sizes.idxmin()} of its {split} split has {sizes.min()} "
+                        f"images but episodes need shots+queries={shots + queries} (params keys "
+                        f"'{key}.shots' and '{key}.queries'); lower them, or use more images per class")
+
+
 def build_manifest(data: PreparedDataset, split: str, ways: int, shots: int, queries: int,
-                   episodes: int, seed: int) -> pd.DataFrame:
+                   episodes: int, seed: int, exp: str | None = None) -> pd.DataFrame:
+    check_sizes(data, split, ways, shots, queries, exp)
     rng = np.random.default_rng(seed)
     classes = data.split_classes(split)
     pools = items_by_class(data.labels, len(data.classes))
@@ -100,8 +154,40 @@ def build_manifest(data: PreparedDataset, split: str, ways: int, shots: int, que
     return check_manifest(df, ways, shots, queries, classes, data.labels, f"{data.name}/{split}")
 
 
+def _redo(path: Path) -> str:
+    return f"; delete {path.parent} and rerun the episodes stage of its experiment"
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A manifest, checked against the episode settings its folder's sources.json records.
+
+    The frame's `attrs["manifest"]` (path, dataset, split) lets `check_items` name the file
+    when the episodes meet the prepared data (`mtml.episodes.sampler.manifest_episodes`)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"episode manifest {path} is missing; run the episodes stage first")
-    return pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+        sources = json.loads((path.parent / "sources.json").read_text())
+        entry = sources["files"][path.name]
+        sizes = [int(sources[k]) for k in ("ways", "shots", "queries")]
+    except Exception as err:  # noqa: BLE001 - unreadable parquet or sources.json, in many ways
+        raise UserError(f"episode manifest {path} (or its sources.json) is unreadable "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                        f"{_redo(path)}") from None
+    df = check_manifest(df, *sizes, where=str(path), fix=_redo(path))
+    df.attrs["manifest"] = {"path": str(path), "dataset": entry["dataset"], "split": entry["split"]}
+    return df
+
+
+def check_items(df: pd.DataFrame, data: PreparedDataset) -> None:
+    """The manifest's items exist in `data`, are of the class the manifest says, and their
+    classes belong to the manifest's split (as read_manifest recorded it)."""
+    info = df.attrs.get("manifest", {})
+    split = info.get("split")
+    where = info.get("path", f"for {data.name}")
+    problems = _data_problems(df, data.split_classes(split) if split else None, data.labels,
+                              data.name, f"the {split} split of {data.name}")
+    if problems:
+        fix = _redo(Path(info["path"])) if "path" in info else ""
+        raise UserError(f"episode manifest {where} is invalid: " + "; ".join(problems[:2]) + fix)

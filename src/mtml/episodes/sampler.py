@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from mtml.data.storage import PreparedDataset
-from mtml.episodes.manifest import items_by_class, sample_indices
+from mtml.episodes.manifest import check_items, items_by_class, sample_indices
 from mtml.methods.base import Episode
 
 
@@ -60,6 +60,7 @@ class EpisodeStream:
 
 def manifest_episodes(bank: ImageBank, manifest: pd.DataFrame):
     """Yield (episode id, Episode) for each episode of a fixed manifest."""
+    check_items(manifest, bank.data)
     for ep, rows in manifest.groupby("episode", sort=True):
         parts = []
         for role in ("support", "query"):

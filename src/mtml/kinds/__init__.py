@@ -77,6 +77,13 @@ class Kind:
     def build_manifest(self, exp, spec: ManifestSpec, data) -> pd.DataFrame:
         raise NotImplementedError
 
+    def check_train_data(self, exp, data) -> None:
+        """Fail at episodes time, naming the params key, when the training stream could not draw
+        its tasks from `data` (one of `train_datasets`)."""
+        from mtml.episodes.manifest import check_sizes
+
+        check_sizes(data, "train", exp.ways, exp.shots, exp.queries, exp.name)
+
     def read_manifest(self, path: Path) -> pd.DataFrame:
         from mtml.episodes.manifest import read_manifest
 

@@ -26,7 +26,8 @@ class FewShot(Kind):
     def build_manifest(self, exp, spec, data):
         from mtml.episodes.manifest import build_manifest
 
-        return build_manifest(data, spec.split, exp.ways, exp.shots, exp.queries, spec.episodes, spec.seed)
+        return build_manifest(data, spec.split, exp.ways, exp.shots, exp.queries, spec.episodes, spec.seed,
+                              exp.name)
 
     def context(self, exp, banks):
         from mtml.methods.base import LearnerContext

@@ -36,7 +36,8 @@ class Multimodal(Kind):
     def build_manifest(self, exp, spec, data):
         from mtml.episodes.manifest import build_manifest
 
-        return build_manifest(data, spec.split, exp.ways, exp.shots, exp.queries, spec.episodes, spec.seed)
+        return build_manifest(data, spec.split, exp.ways, exp.shots, exp.queries, spec.episodes, spec.seed,
+                              exp.name)
 
     def sources(self, exp):
         return {**super().sources(exp), "modes": list(exp.settings.modes)}

@@ -62,6 +62,10 @@ class Multitask(Kind):
         return build_manifest(self._cpu_banks[key], self._task(exp, spec), spec.split, exp.settings.shape,
                               spec.episodes, spec.seed)
 
+    def check_train_data(self, exp, data):
+        # subtask sizes are checked by the subtask sampler, per task and environment
+        return None
+
     def read_manifest(self, path):
         from mtml.multitask.data import read_manifest
 

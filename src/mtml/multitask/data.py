@@ -14,6 +14,7 @@ the episode, -1 for dense and vector tasks), item (row of the prepared arrays), 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,18 +175,84 @@ def build_manifest(bank: SceneBank, task: TaskSpec, split: str, shape: Shape, ep
     return SubtaskRows.validate(pd.concat(frames, ignore_index=True))
 
 
+def _redo(path: Path) -> str:
+    return f"; delete {path.parent} and rerun the episodes stage of its experiment"
+
+
 def read_manifest(path: Path) -> pd.DataFrame:
+    """A subtask manifest; `attrs["manifest"]` keeps its path, split and the episode shape
+    (from the folder's sources.json) for `check_subtasks`."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"subtask manifest {path} is missing; run the episodes stage first")
     try:
-        return SubtaskRows.validate(pd.read_parquet(path))
-    except pa.errors.SchemaError as err:
-        raise UserError(f"subtask manifest {path} is invalid: {err}") from None
+        df = pd.read_parquet(path)
+        sources = json.loads((path.parent / "sources.json").read_text())
+        entry = sources["files"][path.name]
+        shape = {k: int(sources[k]) for k in ("ways", "shots", "queries", "dense_shots", "dense_queries")}
+    except Exception as err:  # noqa: BLE001 - unreadable parquet or sources.json, in many ways
+        raise UserError(f"subtask manifest {path} (or its sources.json) is unreadable ({type(err).__name__})"
+                        f"{_redo(path)}") from None
+    try:
+        df = SubtaskRows.validate(df, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        raise UserError(f"subtask manifest {path} has bad rows: "
+                        f"{err.failure_cases[['column', 'check', 'failure_case']].head(3).to_dict('records')}"
+                        f"{_redo(path)}") from None
+    df.attrs["manifest"] = {"path": str(path), "split": entry["split"], **shape}
+    return df
+
+
+def check_subtasks(manifest: pd.DataFrame, bank: SceneBank, task: TaskSpec) -> None:
+    """The manifest's subtasks fit the data: items exist, lie in the manifest's split and
+    environment, support and query do not overlap, a label is one class, and each subtask has
+    the sizes sources.json records. Raises UserError naming the file and the first bad episode."""
+    info = manifest.attrs.get("manifest", {})
+    where = info.get("path", f"for {bank.data.name}")
+    items, episode = manifest["item"].to_numpy(), manifest["episode"].to_numpy()
+    first = lambda mask: int(episode[np.asarray(mask)][0])  # noqa: E731
+    labels_of = bank.data.labels
+    problems = []
+    if (items >= len(labels_of)).any():
+        bad = items >= len(labels_of)
+        problems.append(f"episode {first(bad)} uses item {items[bad][0]}, but {bank.data.name} has "
+                        f"{len(labels_of)} images")
+    else:
+        if manifest.duplicated(["episode", "item"]).any():
+            problems.append(f"support and query overlap in episode {first(manifest.duplicated(['episode', 'item']))}")
+        split_of_item = bank.data.classes["split"].to_numpy()[labels_of[items]]
+        if "split" in info and (split_of_item != info["split"]).any():
+            bad = split_of_item != info["split"]
+            problems.append(f"episode {first(bad)} uses item {items[bad][0]} of the {split_of_item[bad][0]} "
+                            f"split, not {info['split']}")
+        env = manifest["environment"].to_numpy()
+        bad = (env != ANY_ENVIRONMENT) & (bank.env_of_item[items] != env)
+        if bad.any():
+            problems.append(f"episode {first(bad)} uses item {items[bad][0]} of environment "
+                            f"{bank.env_of_item[items[bad][0]]}, not {env[bad][0]}")
+        if task.kind == "classification":
+            two = manifest.assign(cls=labels_of[items]).groupby(["episode", "label"])["cls"].nunique() > 1
+            if (manifest["label"] < 0).any() or two.any():
+                problems.append("a label is not one class in every episode")
+        elif (manifest["label"] != -1).any():
+            problems.append(f"{task.name} subtasks have no class labels, but label is not -1")
+        if "ways" in info:
+            per = manifest.groupby(["episode", "role"]).size().unstack("role", fill_value=0)
+            want = ((info["ways"] * info["shots"], info["ways"] * info["queries"]) if task.kind == "classification"
+                    else (info["dense_shots"], info["dense_queries"]))
+            for role, n in zip(("support", "query"), want):
+                got = per[role] if role in per else pd.Series(0, index=per.index)
+                if (got != n).any():
+                    problems.append(f"episode {int(got.index[got != n][0])} has {int(got[got != n].iloc[0])} "
+                                    f"{role} items, not {n}")
+    if problems:
+        fix = _redo(Path(info["path"])) if "path" in info else ""
+        raise UserError(f"subtask manifest {where} is invalid: " + "; ".join(problems[:2]) + fix)
 
 
 def manifest_subtasks(bank: SceneBank, task: TaskSpec, manifest: pd.DataFrame):
     """Yield (episode id, Subtask) for each episode of a fixed manifest."""
+    check_subtasks(manifest, bank, task)
     for ep, rows in manifest.groupby("episode", sort=True):
         sup, qry = rows[rows["role"] == "support"], rows[rows["role"] == "query"]
         labels = (sup["label"].to_numpy(), qry["label"].to_numpy()) if task.kind == "classification" else None

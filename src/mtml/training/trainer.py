@@ -20,6 +20,7 @@ import torch
 
 from mtml.episodes.sampler import ImageBank, manifest_episodes
 from mtml.methods.base import MetaLearner
+from mtml.training.checkpoint import load_checkpoint, save_checkpoint, save_model
 from mtml.utils import atomic_path, interactive, progress, write_json
 
 LOG_COLUMNS = ["iteration", "loss", "train_accuracy", "val_accuracy"]
@@ -45,16 +46,13 @@ def _rng_states() -> dict:
 
 
 def _set_rng_states(ckpt: dict) -> None:
-    # torch.load(map_location=cuda) moves the saved generator states to the GPU too, but
+    # Loading a checkpoint onto cuda moves the saved generator states to the GPU too, but
     # generators only take CPU byte tensors.
     torch.set_rng_state(ckpt["torch_rng"].cpu())
     if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], tcfg: dict,
@@ -73,8 +71,8 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     # traces: per-iteration records a method reports (e.g. task-attention weights) for analyses
     start, log, traces, elapsed = 0, [], [], 0.0
     best = {"accuracy": -1.0, "iteration": 0, "state": copy.deepcopy(learner.state_dict())}
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    ckpt = load_checkpoint(ckpt_path, device)
+    if ckpt is not None:
         if ckpt.get("fingerprint") != fingerprint:
             print(f"train {label}: discarding {ckpt_path}: it was written for other settings or data; "
                   f"training starts afresh", flush=True)
@@ -105,7 +103,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                     best = {"accuracy": row["val_accuracy"], "iteration": it + 1,
                             "state": copy.deepcopy(learner.state_dict())}
                 log.append(row)
-                _save_checkpoint(ckpt_path, {
+                save_checkpoint(ckpt_path, {
                     "fingerprint": fingerprint, "iteration": it + 1, "model": learner.state_dict(),
                     "optimizer": optimizer.state_dict(), "stream": stream.state(),
                     **_rng_states(), "log": log, "best": best, "traces": traces,
@@ -120,14 +118,13 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                        val=f"{best['accuracy']:.1f}" if best["accuracy"] >= 0 else "-")
     train_seconds = time.perf_counter() - t0
     if iterations == 0:  # nothing to resume, but every run leaves a checkpoint (a DVC output)
-        _save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "iteration": 0, "model": learner.state_dict(),
-                                     "optimizer": None, "stream": stream.state(),
-                                     **_rng_states(), "log": log, "best": best, "elapsed": 0.0})
+        save_checkpoint(ckpt_path, {"fingerprint": fingerprint, "iteration": 0, "model": learner.state_dict(),
+                                    "optimizer": None, "stream": stream.state(),
+                                    **_rng_states(), "log": log, "best": best, "elapsed": 0.0})
 
     if best["accuracy"] < 0:  # nothing trained (e.g. pixel-nn): keep the initial weights
         best["accuracy"] = validate(learner)
-    with atomic_path(Path(model_dir) / "model.pt") as tmp:
-        torch.save({"state": best["state"], **model_info}, tmp)
+    save_model(Path(model_dir) / "model.pt", best["state"], **model_info)
     frame = pd.DataFrame(log, columns=LOG_COLUMNS)
     with atomic_path(Path(metrics_dir) / "train_log.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
