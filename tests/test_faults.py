@@ -87,7 +87,7 @@ def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def write_params(root: Path, params: dict) -> None:
-    paths(root).params.write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def stage(name: str, **kw) -> list[str]:
