@@ -114,6 +114,14 @@ def cmd_validate(args):
     print("params OK")
 
 
+def cmd_schema(args):
+    import yaml
+
+    from mtml.params import params_schema
+
+    print(yaml.safe_dump(params_schema(), sort_keys=False, width=100), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtml", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -146,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
     p = sub.add_parser("validate", parents=[common], help="check params and exit")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="print the params JSON Schema, every declared option included")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -3,19 +3,32 @@ import re
 
 from snakemake.utils import min_version, validate
 
+import tempfile
+
+import yaml
+
 from mtml.errors import UserError
 from mtml.params import experiment_datasets as mtml_experiment_datasets
+from mtml.params import params_schema as mtml_params_schema
+from mtml.params import read_file as mtml_read_file
 from mtml.params import validate as mtml_validate
 
 min_version("8.10")
 
-# Schema check (with defaults), then the checks that link sections (dataset names, method
-# algorithms and hyperparameter keys): the same ones every `python -m mtml` stage runs.
-validate(config, "../schemas/params.schema.yaml")
+# Our one-line checks first (the files Snakemake read, re-read for repeated keys, which YAML
+# silently drops; then the schema, the names that link sections and every declared method
+# hyperparameter and dataset option): the same ones every `python -m mtml` stage runs. Then
+# Snakemake's own schema check with the generated schema (it takes a file, not a dict).
 try:
+    for _file in workflow.overwrite_configfiles or ["params.yaml"]:
+        mtml_read_file(_file)
     config = mtml_validate(config)
 except UserError as err:
     raise WorkflowError(f"params: {err}")
+with tempfile.NamedTemporaryFile("w", suffix=".schema.yaml") as _schema:
+    yaml.safe_dump(mtml_params_schema(), _schema)
+    _schema.flush()
+    validate(config, _schema.name)
 
 # Jobs read the same files Snakemake read (params.yaml, or the --configfile ones instead), so
 # a stage sees exactly this config. (--config key=value would not reach the stages.)
