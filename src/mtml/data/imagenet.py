@@ -128,11 +128,13 @@ TIERED_OPTIONS = {
     "split_csv": Option(str, None, "ilsvrc layout: a folder with the split CSVs (train/val/test.csv)"),
     "image_size": image_size(84),
 }
-MINI_OPTIONS = {
-    **TIERED_OPTIONS,
+MINI_OPTIONS = {  # in this order (it is the order of the options recorded in meta.json)
+    "local": TIERED_OPTIONS["local"],
     "layout": Option(str, "auto", "how the folder is laid out; auto: detect it", choices=MINI_LAYOUTS),
+    "split_csv": TIERED_OPTIONS["split_csv"],
     "images_per_class": Option(int, MINI_IMAGES_PER_CLASS, "ilsvrc layout without split_csv: images "
                                "taken per class", min=1, max=1300),
+    "image_size": TIERED_OPTIONS["image_size"],
 }
 MINI_DEFAULTS = defaults(MINI_OPTIONS)
 TIERED_DEFAULTS = defaults(TIERED_OPTIONS)
