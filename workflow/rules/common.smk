@@ -18,17 +18,20 @@ min_version("8.10")
 # Our one-line checks first (the files Snakemake read, re-read for repeated keys, which YAML
 # silently drops; then the schema, the names that link sections and every declared method
 # hyperparameter and dataset option): the same ones every `python -m mtml` stage runs. Then
-# Snakemake's own schema check with the generated schema (it takes a file, not a dict).
+# Snakemake's own schema check with the generated schema (it takes a file, not a dict; no
+# defaults filled: the config stays what our validate returns, which the stages see too).
 try:
     for _file in workflow.overwrite_configfiles or ["params.yaml"]:
         mtml_read_file(_file)
-    config = mtml_validate(config)
+    _validated = mtml_validate(config)
 except UserError as err:
     raise WorkflowError(f"params: {err}")
+config.clear()  # in place: Snakemake's own reference to the config sees the defaults too
+config.update(_validated)
 with tempfile.NamedTemporaryFile("w", suffix=".schema.yaml") as _schema:
     yaml.safe_dump(mtml_params_schema(), _schema)
     _schema.flush()
-    validate(config, _schema.name)
+    validate(config, _schema.name, set_default=False)
 
 # Jobs read the same files Snakemake read (params.yaml, or the --configfile ones instead), so
 # a stage sees exactly this config. (--config key=value would not reach the stages.)

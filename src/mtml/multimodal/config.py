@@ -60,10 +60,6 @@ def _key(exp: str, *path) -> str:
     return "params key 'experiments." + ".".join([exp, "options", *map(str, path)]) + "'"
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(v))
 
