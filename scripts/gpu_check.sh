@@ -51,5 +51,5 @@ tail -n 2 train-*.log eval-*.log
 RUN
 (cd "$work" && PY=$PY PYTHONPATH="${PYTHONPATH:-}:$REPO/src" \
   timeout "${PIPELINE_LIMIT:-300}" bash run.sh) 2>&1 | tee "$OUT/default_pipeline.log"
-cp "$work/metrics/summary.md" "$work/metrics/summary.json" "$OUT/" 2>/dev/null
+cp "$work/metrics/default/summary.md" "$work/metrics/default/summary.json" "$OUT/" 2>/dev/null
 log "done"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
-from mtml.params import validate
+from mtml.layout import Layout
+from mtml.params import study as make_study
 
 TINY = {
     "seed": 0,
@@ -28,37 +32,82 @@ TINY = {
 }
 
 
-def tiny_params(**overrides) -> dict:
-    """TINY with top-level keys replaced (e.g. methods={...}), validated."""
+def tiny_params(**overrides):
+    """The Study of TINY with top-level keys replaced (e.g. methods={...})."""
     p = copy.deepcopy(TINY)
     p.update(copy.deepcopy(overrides))
-    return validate(p)
+    return make_study(p, ["tiny.yaml"])
 
 
-def run_pipeline(params: dict, root: Path, methods=None, device="cpu", evaluate_on=None) -> dict:
+def run_pipeline(study, root: Path, methods=None, device="cpu", evaluate_on=None) -> dict:
     """prepare -> episodes -> train (on `device`) -> evaluate (on `evaluate_on`, default the
-    same device) for every (experiment, method) under `root`, whatever the experiments' kind.
+    same device) for every (experiment, method) of `study` under `root`, whatever the kind.
 
-    Returns {(experiment, method): eval rows}. Datasets are prepared once per root.
+    Returns {(experiment, method): eval rows}. Inputs are built once per root.
     """
-    from mtml.data.sources import prepare_dataset
-    from mtml.kinds import KINDS
+    from mtml import stages
 
-    root = Path(root)
-    processed, episodes = root / "data/processed", root / "data/episodes"
-    for name, cfg in params["datasets"].items():
-        if not (processed / name).exists():
-            prepare_dataset(name, cfg, root / "data/raw", processed, params["seed"])
+    layout = Layout(root, study)
+    for name in study.datasets:
+        if not layout.prepared(name).exists():
+            stages.prepare(study, layout, name)
     results = {}
     train_dev = torch.device(device)
     eval_dev = torch.device(evaluate_on) if evaluate_on is not None else train_dev
-    for exp, exp_cfg in params["experiments"].items():
-        kind = KINDS[exp_cfg["kind"]]
-        if not (episodes / exp).exists():
-            kind.episodes(params, exp, processed, episodes)
-        for meth in methods or params["methods"]:
-            model_dir, metrics_dir = root / "models" / exp / meth, root / "metrics/runs" / exp / meth
-            kind.train(params, exp, meth, processed, episodes, model_dir, metrics_dir, train_dev)
-            results[(exp, meth)] = kind.evaluate(params, exp, meth, model_dir / "model.pt", processed,
-                                                 episodes, metrics_dir, eval_dev)
+    for exp in study.experiments:
+        if not layout.episodes(exp).exists():
+            stages.build_episodes(study, layout, exp)
+        for meth in methods or study.methods:
+            run = study.run(exp, meth)
+            stages.train(run, layout, train_dev)
+            results[(exp, meth)] = stages.evaluate(run, layout, eval_dev)
     return results
+
+
+def random_episode(ways, shots, queries, shape, device="cpu", mode=0):
+    """An episode of random images (the cost of a method does not depend on the pixels)."""
+    from mtml.methods.base import Episode
+
+    lab = lambda n: torch.arange(ways, device=device).repeat_interleave(n)  # noqa: E731
+    return Episode(torch.rand(ways * shots, *shape, device=device), lab(shots),
+                   torch.rand(ways * queries, *shape, device=device), lab(queries), ways, mode)
+
+
+class FlatLayout(Layout):
+    """A layout with unkeyed input folders (<root>/processed/<dataset>, <root>/episodes/<exp>),
+    for tests that prepare datasets with options the study does not list."""
+
+    def prepared(self, dataset):
+        return self.root / "processed" / dataset
+
+    def episodes(self, experiment):
+        return self.root / "episodes" / experiment
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses find the venv's snakemake, dvc and python first.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run_command(cmd, cwd, timeout=900, **kw) -> subprocess.CompletedProcess:
+    """Run a command; fail the test with the end of its output when it fails."""
+    r = subprocess.run(cmd, cwd=cwd, env=kw.pop("env", ENV), capture_output=True, text=True, timeout=timeout, **kw)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+def project_dir(tmp: Path, params: dict | None = None) -> Path:
+    """A project folder (Snakefile, workflow/, .gitignore) whose params.yaml is `params`
+    (default: configs/tiny.yaml), with the dvc.yaml generated for it."""
+    import shutil
+
+    import yaml
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "Snakefile", tmp / "Snakefile")
+    shutil.copy(ROOT / ".gitignore", tmp / ".gitignore")
+    shutil.copytree(ROOT / "workflow", tmp / "workflow")
+    p = params or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    (tmp / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run_command([sys.executable, "-m", "mtml", "dvc-yaml"], tmp)
+    return tmp

@@ -8,8 +8,10 @@ from pipeline_helpers import tiny_params
 
 
 def test_benchmark_rows_for_every_method(tmp_path):
-    params = tiny_params(methods={"pixel-nn": {}, "protonet": {"filters": 8}, "maml": {"filters": 8}})
-    result = benchmark(params, "tiny", iterations=1, episodes=2)
+    from mtml.layout import Layout
+
+    study = tiny_params(methods={"pixel-nn": {}, "protonet": {"filters": 8}, "maml": {"filters": 8}})
+    result = benchmark(study, Layout(tmp_path, study), "tiny", iterations=1, episodes=2)
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"pixel-nn", "protonet", "maml"}
     assert "train_iter_per_s" not in rows["pixel-nn"] and rows["pixel-nn"]["parameters"] == 0

@@ -15,12 +15,12 @@ import json
 import pytest
 import torch
 
-from mtml.benchmark import random_episode
+from mtml.layout import Layout
 from mtml.methods import build
 from mtml.methods.base import MetaLearner
-from mtml.params import validate
+from mtml.params import study as make_study
 
-from pipeline_helpers import TINY, run_pipeline, tiny_params
+from pipeline_helpers import TINY, random_episode, run_pipeline, tiny_params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU visible to torch (these tests run on a GPU machine)")
@@ -74,8 +74,8 @@ def test_prepared_images_are_held_on_the_gpu(tmp_path):
     from mtml.episodes.sampler import EpisodeStream, ImageBank
 
     params = tiny_params()
-    prepare_dataset("glyphs", params["datasets"]["glyphs"], tmp_path / "raw", tmp_path / "processed", 0)
-    bank = ImageBank(load_prepared(tmp_path / "processed/glyphs"), CUDA)
+    prepare_dataset("glyphs", params.dataset("glyphs"), tmp_path / "raw", tmp_path / "processed", 0)
+    bank = ImageBank(load_prepared(tmp_path / "processed"), CUDA)
     ep = EpisodeStream(bank, "train", 5, 1, 5, seed=0).sample()
     assert {t.device.type for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)} == {"cuda"}
 
@@ -96,7 +96,7 @@ def test_fewshot_methods_train_on_cuda_and_beat_chance(tmp_path):
     for meth, result in rows.items():
         test = [r for r in result if r["split"] == "test"]
         assert test and test[0]["accuracy"] > 30.0, (meth, test)
-    saved = torch.load(tmp_path / "models/tiny/maml/model.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(Layout(tmp_path, params).model("tiny", "maml"), map_location="cpu", weights_only=False)
     assert saved["state"], "no weights saved"
 
 
@@ -107,13 +107,15 @@ def test_a_gpu_trained_model_evaluates_on_the_cpu(tmp_path):
 
 
 def test_an_interrupted_gpu_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from mtml.training.trainer import train
+    from mtml.stages import train
 
     params = tiny_params(device="cuda", methods={"maml": SMALL})
     _run(params, tmp_path, CUDA)  # prepares data and episodes, one whole run as reference
-    whole = json.loads((tmp_path / "metrics/runs/tiny/maml/train.json").read_text())
-    model_dir, metrics_dir = tmp_path / "models/tiny/again", tmp_path / "metrics/runs/tiny/again"
-    params = validate({**copy.deepcopy(params), "methods": {"maml": SMALL, "again": {"algorithm": "maml", **SMALL}}})
+    layout = Layout(tmp_path, params)
+    whole = json.loads((layout.run_dir("tiny", "maml") / "train.json").read_text())
+    params = tiny_params(device="cuda", methods={"maml": SMALL, "again": {"algorithm": "maml", **SMALL}})
+    layout = Layout(tmp_path, params)
+    model_dir, metrics_dir = layout.model_dir("tiny", "again"), layout.run_dir("tiny", "again")
     real_step, calls = MetaLearner.train_step, {"n": 0}
 
     def step_then_die(self, *args):
@@ -124,14 +126,12 @@ def test_an_interrupted_gpu_training_resumes_from_its_checkpoint(tmp_path, monke
 
     monkeypatch.setattr(MetaLearner, "train_step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(params, "tiny", "again", tmp_path / "data/processed", tmp_path / "data/episodes",
-              model_dir, metrics_dir, CUDA)
+        train(params.run("tiny", "again"), layout, CUDA)
     ckpt = torch.load(model_dir / "checkpoint.pt", map_location=CUDA, weights_only=False)
     assert ckpt["iteration"] == TINY["training"]["val_interval"]
     assert "cuda_rng" in ckpt
     monkeypatch.setattr(MetaLearner, "train_step", real_step)
-    summary = train(params, "tiny", "again", tmp_path / "data/processed", tmp_path / "data/episodes",
-                    model_dir, metrics_dir, CUDA)
+    summary = train(params.run("tiny", "again"), layout, CUDA)
     assert summary["iterations"] == whole["iterations"]
     import pandas as pd
 
@@ -142,8 +142,7 @@ def test_an_interrupted_gpu_training_resumes_from_its_checkpoint(tmp_path, monke
 def test_multimodal_kind_trains_on_cuda_and_beats_chance_in_every_mode(tmp_path):
     from test_multimodal import tiny_multimodal
 
-    params = tiny_multimodal()
-    params = validate({**params, "device": "cuda"})
+    params = make_study({**tiny_multimodal().params, "device": "cuda"})
     rows = _run(params, tmp_path, CUDA)
     for meth, result in rows.items():
         for r in result:
@@ -154,11 +153,11 @@ def test_multimodal_kind_trains_on_cuda_and_beats_chance_in_every_mode(tmp_path)
 def test_multitask_kind_trains_on_cuda_with_every_task(tmp_path):
     from test_multitask import PIPELINE_PARAMS
 
-    params = validate({**copy.deepcopy(PIPELINE_PARAMS), "device": "cuda"})
+    params = make_study({**copy.deepcopy(PIPELINE_PARAMS), "device": "cuda"})
     methods = ["am", "pam"]
     _run(params, tmp_path, CUDA, methods=methods)
     for meth in methods:
-        result = json.loads((tmp_path / "metrics/runs/mt" / meth / "multitask.json").read_text())
+        result = json.loads((Layout(tmp_path, params).run_dir("mt", meth) / "details.json").read_text())
         overall = {r["task"]: r for r in result["rows"] if r["environment"] == "all" and r["split"] == "test"}
         assert set(overall) == {"classification", "depth", "normals", "vanishing_point"}, meth
         assert overall["classification"]["accuracy"] > 100 / 3, (meth, overall["classification"])

@@ -50,11 +50,11 @@ def _write_params(root: Path, params: dict) -> None:
 def repo(tmp_path_factory):
     """A git + DVC repository with the pipeline reproduced and committed on `main`."""
     root = tmp_path_factory.mktemp("dvc")
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, root / name)
+    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
     params = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     params["methods"] = METHODS
     _write_params(root, params)
+    _run([sys.executable, "-m", "mtml", "dvc-yaml"], root)  # dvc.yaml of these params
     _run(["git", "init", "-q", "-b", "main"], root)
     _run(["git", "config", "user.email", "t@example.com"], root)
     _run(["git", "config", "user.name", "t"], root)
@@ -85,15 +85,16 @@ def test_large_outputs_in_the_dvc_cache_metrics_in_git(repo):
     assert not [f for f in tracked if f.startswith(("data/", "models/")) or f.endswith((".pt", "trace.jsonl"))]
     for meth in METHODS:
         for name in ("eval.json", "episodes.csv", "train_log.csv", "train.json"):
-            assert f"metrics/runs/tiny/{meth}/{name}" in tracked
-        assert (repo / f"models/tiny/{meth}/checkpoint.pt").exists()
-    assert {"metrics/summary.json", "metrics/summary.md", "metrics/plots/accuracy.png", "dvc.lock"} <= tracked
+            assert f"metrics/default/runs/tiny/{meth}/{name}" in tracked
+        assert (repo / f"models/default/tiny/{meth}/checkpoint.pt").exists()
+    assert {"metrics/default/summary.json", "metrics/default/summary.md", "metrics/default/plots/accuracy.png",
+            "dvc.lock"} <= tracked
     # The repository's .gitignore already ignores every cached output: DVC needed no .gitignore of
     # its own (else a Snakemake run, which writes the same files, then `git add -A` would commit them).
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob(".gitignore")) == [".dvc/.gitignore", ".gitignore"]
     # The lock file names the cached model, and the cache holds it.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    md5 = next(o["md5"] for o in lock["stages"]["train@tiny-maml"]["outs"] if o["path"].endswith("model.pt"))
+    md5 = next(o["md5"] for o in lock["stages"]["train.tiny.maml"]["outs"] if o["path"].endswith("model.pt"))
     assert list((repo / ".dvc/cache").rglob(md5[2:])), md5
     assert _run(["git", "status", "--porcelain"], repo) == ""
 
@@ -138,37 +139,55 @@ def test_experiment_reruns_one_method_and_branches_diff(repo):
     _write_params(repo, params)
     status = _run(["dvc", "status"], repo)
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
-    assert changed == ["aggregate", "evaluate@tiny-maml", "train@tiny-maml"], status
+    assert changed == ["aggregate", "evaluate.tiny.maml", "train.tiny.maml"], status
     _run(["git", "checkout", "params.yaml"], repo)
 
     out = _run(["dvc", "exp", "run", "-S", "methods.maml.inner_lr=0.1", "-n", "maml-lr01"], repo)
-    assert sorted(re.findall(r"Running stage '([^']+)'", out)) == ["aggregate", "evaluate@tiny-maml", "train@tiny-maml"]
+    assert sorted(re.findall(r"Running stage '([^']+)'", out)) == ["aggregate", "evaluate.tiny.maml", "train.tiny.maml"]
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
     exps = {r["name"]: r["data"] for base in shown for e in base.get("experiments") or [] for r in e["revs"]}
     assert "maml-lr01" in exps, shown
     exp = exps["maml-lr01"]
     assert exp["params"]["params.yaml"]["data"]["methods"]["maml"]["inner_lr"] == 0.1
-    summary = exp["metrics"]["metrics/summary.json"]["data"]
-    assert summary == json.loads((repo / "metrics/summary.json").read_text())
+    summary = exp["metrics"]["metrics/default/summary.json"]["data"]
+    assert summary == json.loads((repo / "metrics/default/summary.json").read_text())
 
     # The experiment becomes a git branch; diff it against main.
     _run(["dvc", "exp", "branch", "maml-lr01", "maml-lr"], repo)
-    diff = json.loads(_run(["dvc", "metrics", "diff", "main", "maml-lr", "--json"], repo))["metrics/summary.json"]
+    diff = json.loads(_run(["dvc", "metrics", "diff", "main", "maml-lr", "--json"], repo))["metrics/default/summary.json"]
     assert diff, "no metric changed"
     assert {key.split("/")[1] for key in diff} == {"maml"}, diff  # pixel-nn did not rerun
-    base = json.loads(_run(["git", "show", "main:metrics/summary.json"], repo))
+    base = json.loads(_run(["git", "show", "main:metrics/default/summary.json"], repo))
     for key, change in diff.items():
         row, field = key.rsplit(".", 1)
         assert change["old"] == base[row][field] and change["new"] == summary[row][field], key
     assert any(k.endswith(".accuracy") and c["diff"] != 0 for k, c in diff.items()), diff
 
     plots = json.loads(_run(["dvc", "plots", "diff", "main", "maml-lr", "--json"], repo))["data"]
-    assert plots["metrics/runs/tiny/pixel-nn/train_log.csv"] == []  # unchanged: nothing to show
-    (vega,) = plots["metrics/runs/tiny/maml/train_log.csv"]
+    assert plots["metrics/default/runs/tiny/pixel-nn/train_log.csv"] == []  # unchanged: nothing to show
+    (vega,) = plots["metrics/default/runs/tiny/maml/train_log.csv"]
     assert vega["revisions"] == ["main", "maml-lr"]
     rows = vega["content"]["data"]["values"]
     curves = {rev: [(r["iteration"], r["loss"], r["val_accuracy"]) for r in rows if r["rev"] == rev]
               for rev in ("main", "maml-lr")}
     assert len(curves["main"]) == len(curves["maml-lr"]) == params["training"]["iterations"]
     assert curves["main"] != curves["maml-lr"]
-    assert {p["revisions"][0] for p in plots["metrics/plots/accuracy.png"]} == {"main", "maml-lr"}
+    assert {p["revisions"][0] for p in plots["metrics/default/plots/accuracy.png"]} == {"main", "maml-lr"}
+
+
+def test_committed_dvc_yaml_is_generated_from_params_yaml():
+    """dvc.yaml is `python -m mtml dvc-yaml` of params.yaml (the same Layout as the Snakemake
+    rules), and a DVC stage run with stale paths says how to regenerate it."""
+    from mtml.errors import UserError
+    from mtml.layout import Layout
+    from mtml.params import load, read, study
+    from mtml.workflow_dvc import check_dvc_yaml, dvc_yaml_text
+
+    default = load(ROOT / "params.yaml")
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml_text(Layout(".", default), ["params.yaml"]), \
+        "dvc.yaml is stale: run `python -m mtml dvc-yaml`"
+    check_dvc_yaml(Layout(ROOT, default))
+    changed = read(ROOT / "params.yaml")
+    changed["datasets"]["glyphs"]["options"] = {"drawers": 3}
+    with pytest.raises(UserError, match=r"dvc.yaml does not match the params.*python -m mtml dvc-yaml"):
+        check_dvc_yaml(Layout(ROOT, study(changed, ["params.yaml"])))

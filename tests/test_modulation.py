@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mtml.benchmark import random_episode
 from mtml.errors import UserError
 from mtml.methods import build
 from mtml.methods.inner_loop import named_params
@@ -22,17 +21,13 @@ from mtml.models.modulation import (
     norm_parameters,
 )
 
+from pipeline_helpers import random_episode
+
 SHAPE = (3, 16, 16)
 COND = {"filters": 6, "encoder_filters": 4, "embed_dim": 5, "generator_hidden": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread is fastest and avoids oversubscribing a busy CI machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 

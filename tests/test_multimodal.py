@@ -16,10 +16,9 @@ from mtml.data.shapes import generate as generate_shapes
 from mtml.data.storage import PreparedDataset
 from mtml.data.storage import validate as validate_classes
 from mtml.errors import UserError
-from mtml.multimodal.config import multimodal_config
 from mtml.multimodal.data import to_image_shape
 from mtml.multimodal.sampler import ModeImageBank, MultimodalStream
-from mtml.params import validate
+from mtml.params import study as make_study
 
 MODES = ["glyphs", "glyphs-shifted", "shapes"]
 DATASETS = {
@@ -49,16 +48,14 @@ def tiny_multimodal(options=None, methods=None, **exp):
                      "val_episodes": 8},
         "evaluation": {"episodes": 24},
     }
-    return validate(params)
+    return make_study(params, ["mm.yaml"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread is fastest and avoids oversubscribing a busy CI machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def multimodal_config(study, exp="mm"):
+    return study.experiment(exp).settings
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- options
@@ -76,9 +73,10 @@ def test_defaults_and_mode_mix_forms():
     params = tiny_multimodal({"batch_mix": "balanced"})
     mm = multimodal_config(params, "mm")
     assert mm.batch_mix == "balanced"
-    from mtml.multimodal.train import training_stream
+    from mtml.stages import training_stream
 
-    assert training_stream(params, "mm", mm, _banks()).batch_mix == "balanced"  # training uses it
+    banks = dict(zip(mm.modes, _banks()))
+    assert training_stream(params.run("mm", "maml"), banks).batch_mix == "balanced"  # training uses it
 
 
 @pytest.mark.parametrize("options,exp,match", [
@@ -116,13 +114,15 @@ def test_presets_are_whole_valid_params_files_with_the_papers_methods(preset, mo
     from mtml.params import load
 
     # A preset replaces params.yaml (`--configfile`, `--params configs/<preset>.yaml`): load it alone.
-    params = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")
+    study = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")
+    params = study.params
+    assert study.name == preset
     assert {resolve_hparams(m, hp or {})[0].algorithm for m, hp in params["methods"].items()} == PAPER_ALGORITHMS
     assert "multimodal-table" in params["analyses"]
     exps = [e for e, c in params["experiments"].items() if c["kind"] == "multimodal"]
     assert exps and len(exps) == len(params["experiments"])
     for exp in exps:
-        mm = multimodal_config(params, exp)
+        mm = multimodal_config(study, exp)
         assert mm.modes == modes and mm.image_shape == shape and mm.batch_mix == batch_mix
         assert mm.mode_mix == pytest.approx([1 / len(modes)] * len(modes))
 
@@ -281,8 +281,9 @@ def test_shapes_options_name_the_key(options, match):
 
 
 def test_per_mode_learners_are_independent_and_routed_by_the_mode():
-    from mtml.benchmark import random_episode
     from mtml.methods import build
+
+    from pipeline_helpers import random_episode
 
     shape = (3, 16, 16)
     torch.manual_seed(0)
@@ -303,13 +304,14 @@ def test_per_mode_learners_are_independent_and_routed_by_the_mode():
         learner.predict(random_episode(3, 1, 2, shape, "cpu", mode=3))
 
 
-def test_benchmark_reports_generators_and_one_learner_per_mode():
+def test_benchmark_reports_generators_and_one_learner_per_mode(tmp_path):
     from mtml.benchmark import benchmark
+    from mtml.layout import Layout
     from mtml.models.conv4 import Conv4
     from mtml.models.modulation import conv_kernels, factorised_kml_parameters
 
-    params = tiny_multimodal(methods={"maml": SMALL, "multi-maml": SMALL, "mmaml": COND, "mmaml-kml": COND})
-    rows = {r["method"]: r for r in benchmark(params, "mm", iterations=1, episodes=1)["rows"]}
+    study = tiny_multimodal(methods={"maml": SMALL, "multi-maml": SMALL, "mmaml": COND, "mmaml-kml": COND})
+    rows = {r["method"]: r for r in benchmark(study, Layout(tmp_path, study), "mm", iterations=1, episodes=1)["rows"]}
     assert rows["multi-maml"]["parameters"] == 3 * rows["maml"]["parameters"]  # three modes
     assert "generator_parameters" not in rows["maml"] and rows["multi-maml"]["generator_parameters"] == 0
     kernels = conv_kernels(Conv4(3, 8)).values()
@@ -336,22 +338,10 @@ def test_paired_difference_pairs_episodes_by_mode_and_id():
 # --------------------------------------------------------------------------- pipeline
 
 
-def _run_all(params, root):
-    from mtml.data.sources import prepare_dataset
-    from mtml.kinds import KINDS
+def _run_all(study, root):
+    from pipeline_helpers import run_pipeline
 
-    processed, episodes = root / "data/processed", root / "data/episodes"
-    for name, cfg in params["datasets"].items():
-        prepare_dataset(name, cfg, root / "data/raw", processed, params["seed"])
-    kind = KINDS["multimodal"]
-    kind.episodes(params, "mm", processed, episodes)
-    results = {}
-    for meth in params["methods"]:
-        model_dir, metrics_dir = root / "models/mm" / meth, root / "metrics/runs/mm" / meth
-        kind.train(params, "mm", meth, processed, episodes, model_dir, metrics_dir, torch.device("cpu"))
-        results[meth] = kind.evaluate(params, "mm", meth, model_dir / "model.pt", processed, episodes,
-                                      metrics_dir, torch.device("cpu"))
-    return results
+    return {meth: rows for (_, meth), rows in run_pipeline(study, root).items()}
 
 
 @pytest.fixture(scope="module")
@@ -382,11 +372,13 @@ def test_every_method_beats_chance_in_every_mode(trained):
 @pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
 def test_runs_write_the_fewshot_files_and_aggregate_reads_them(trained):
     from mtml.analysis.aggregate import collect
+    from mtml.layout import Layout
 
-    params, root, results = trained
-    for meth in params["methods"]:
-        run, models = root / "metrics/runs/mm" / meth, root / "models/mm" / meth
-        for f in ("eval.json", "episodes.csv", "timing_eval.json", "train_log.csv", "train.json",
+    study, root, results = trained
+    layout = Layout(root, study)
+    for meth in study.methods:
+        run, models = layout.run_dir("mm", meth), layout.model_dir("mm", meth)
+        for f in ("eval.json", "episodes.csv", "details.json", "timing_eval.json", "train_log.csv", "train.json",
                   "timing_train.json", "trace.jsonl"):
             assert (run / f).exists(), (meth, f)
         assert (models / "model.pt").exists() and (models / "checkpoint.pt").exists()
@@ -396,26 +388,29 @@ def test_runs_write_the_fewshot_files_and_aggregate_reads_them(trained):
         assert set(per_episode["mode"]) == {0, 1, 2} and set(per_episode["dataset"]) == set(MODES)
         log = pd.read_csv(run / "train_log.csv")
         assert len(log) == 30 and log["val_accuracy"].notna().sum() == 2
-    assert json.loads((root / "data/episodes/mm/sources.json").read_text())["modes"] == MODES
-    frame = collect(params, root / "metrics")
-    assert len(frame) == len(params["methods"]) * 4
+    assert json.loads((layout.episodes("mm") / "sources.json").read_text())["modes"] == MODES
+    frame = collect(study, layout)
+    assert len(frame) == len(study.methods) * 4
     assert set(frame["dataset"]) == {*MODES, "all"}
 
 
 @pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
 def test_per_mode_method_keeps_one_learner_per_mode(trained):
-    params, root, _ = trained
-    saved = torch.load(root / "models/mm/multi-maml/model.pt", weights_only=False)["state"]
+    from mtml.layout import Layout
+
+    study, root, _ = trained
+    saved = torch.load(Layout(root, study).model("mm", "multi-maml"), weights_only=False)["state"]
     assert {k.split(".")[1] for k in saved} == {"0", "1", "2"}
 
 
 @pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
 def test_transference_analysis_writes_its_figures(trained):
-    from mtml.analysis.registry import ANALYSES
+    from mtml.analysis.registry import get_analysis
+    from mtml.layout import Layout
 
-    params, root, _ = trained
-    out = root / "metrics/analysis/transference"
-    ANALYSES["transference"](params, root / "metrics", out)
+    study, root, _ = trained
+    out = root / "analysis-transference"
+    get_analysis("transference")(study, Layout(root, study), out)
     for f in ("ratios.csv", "summary.json", "histograms-mm.png", "modes-mm.png"):
         assert (out / f).exists(), f
     ratios = pd.read_csv(out / "ratios.csv")
@@ -430,14 +425,15 @@ def test_transference_analysis_writes_its_figures(trained):
 
 @pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
 def test_multimodal_table_lays_out_every_method_and_mode_with_paired_differences(trained):
-    from mtml.analysis.registry import ANALYSES
+    from mtml.analysis.registry import get_analysis
+    from mtml.layout import Layout
 
-    params, root, results = trained
-    out = root / "metrics/analysis/multimodal-table"
+    study, root, results = trained
+    out = root / "analysis-multimodal-table"
     out.mkdir(parents=True)
-    ANALYSES["multimodal-table"](params, root / "metrics", out)
+    get_analysis("multimodal-table")(study, Layout(root, study), out)
     table, md = pd.read_csv(out / "table.csv"), (out / "table.md").read_text()
-    assert len(table) == len(params["methods"]) * 4
+    assert len(table) == len(study.methods) * 4
     for meth, rows in results.items():
         by = {r["dataset"]: r for r in rows}
         for ds, r in by.items():
@@ -466,7 +462,7 @@ def test_a_multimodal_experiment_runs_through_the_cli_stages(tmp_path, monkeypat
 
     params = tiny_multimodal({"transference": {"sources": 3, "targets": 1, "retrain_iterations": 2,
                                                "snapshots": 2}},
-                             methods={"maml": SMALL, "mmaml-kml": COND})
+                             methods={"maml": SMALL, "mmaml-kml": COND}).params
     params["training"].update(iterations=4, val_interval=2, val_episodes=2)
     params["evaluation"]["episodes"] = 4
     params["analyses"] = ["multimodal-table", "transference"]
@@ -479,9 +475,9 @@ def test_a_multimodal_experiment_runs_through_the_cli_stages(tmp_path, monkeypat
     stages += [["aggregate"]] + [["analyse", "--name", a] for a in params["analyses"]]
     for stage in stages:
         assert main([*stage, "--params", "params.yaml"]) == 0, stage
-    summary = json.loads(Path("metrics/summary.json").read_text())
+    summary = json.loads(Path("metrics/default/summary.json").read_text())
     assert {k.rsplit("/", 1)[1] for k in summary} == {*MODES, "all"}
-    md = Path("metrics/analysis/multimodal-table/table.md").read_text()
+    md = Path("metrics/default/analysis/multimodal-table/table.md").read_text()
     assert "| maml | maml |" in md and "| mmaml-kml | maml |" in md  # a result row, a paired difference
-    ratios = pd.read_csv("metrics/analysis/transference/ratios.csv")
+    ratios = pd.read_csv("metrics/default/analysis/transference/ratios.csv")
     assert set(ratios["method"]) == {"maml", "mmaml-kml"} and "trained" in set(ratios["snapshot"])

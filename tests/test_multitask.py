@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import mtml.multitask.learners as learners_mod
+import mtml.methods.multitask as learners_mod
 from mtml.errors import UserError
 from mtml.methods import build, resolve_hparams
 from mtml.methods.inner_loop import named_params
@@ -24,7 +24,7 @@ from mtml.models.conv4 import Conv4
 from mtml.models.dense_heads import ConvDecoder, LabelCompressor
 from mtml.multitask.data import Subtask
 from mtml.multitask.tasks import TASKS
-from mtml.params import validate
+from mtml.params import study as make_study
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -270,7 +270,7 @@ def test_attention_parameters_get_their_own_learning_rate():
 def test_multitask_algorithms_refuse_fewshot_and_bad_hyperparameters():
     with pytest.raises(UserError, match="kind multitask"):
         build("mt-am", {"algorithm": "mt-am"}, SHAPE, 5)
-    from mtml.multitask.learners import check_hparams
+    from mtml.methods.multitask import check_hparams
 
     # declared values are checked when the hyperparameters are resolved (at validate time)
     with pytest.raises(UserError, match=r"methods\.x\.tasks.*multi, single"):
@@ -296,19 +296,23 @@ def test_params_checks_of_the_multitask_kind():
     base = {"datasets": {"scenes": {"source": "scenes"}},
             "experiments": {"mt": {"kind": "multitask", "dataset": "scenes", "ways": 3, "shots": 1}},
             "methods": {"am": {"algorithm": "mt-am"}}}
-    validate(base)
+    make_study(base)
     with pytest.raises(UserError, match=r"methods\.maml\.algorithm.*cannot run a multitask"):
-        validate({**base, "methods": {"am": {"algorithm": "mt-am"}, "maml": {}}})
+        make_study({**base, "methods": {"am": {"algorithm": "mt-am"}, "maml": {}}})
+    fewshot = copy.deepcopy(base)
+    fewshot["experiments"]["mt"]["kind"] = "fewshot"
+    with pytest.raises(UserError, match=r"methods\.am\.algorithm.*needs an experiment of kind multitask"):
+        make_study(fewshot)
     bad = copy.deepcopy(base)
     bad["experiments"]["mt"]["options"] = {"tasks": ["depth", "colour"]}
     with pytest.raises(UserError, match=r"experiments\.mt\.options\.tasks.*colour"):
-        validate(bad)
+        make_study(bad)
     bad["experiments"]["mt"]["options"] = {"dense_shot": 3}
     with pytest.raises(UserError, match=r"experiments\.mt\.options\.dense_shot.*allowed"):
-        validate(bad)
+        make_study(bad)
     bad["experiments"]["mt"]["options"] = {"accuracy_thresholds": {"classification": 1}}
     with pytest.raises(UserError, match="accuracy_thresholds"):
-        validate(bad)
+        make_study(bad)
 
 
 @pytest.mark.parametrize("preset", ["multitask", "multitask_miniplaces"])
@@ -318,7 +322,7 @@ def test_multitask_presets_are_complete_params_with_table_1_axes(preset):
     from mtml.data import imagenet, places, scenes, sources
     from mtml.params import load
 
-    params = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")  # validates, kind checks too
+    params = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml").params  # validates, kind checks too
     defaults = {"miniimagenet": imagenet.MINI_DEFAULTS, "miniplaces": places.DEFAULTS}
     for name, cfg in params["datasets"].items():
         assert cfg["source"] in sources.load_sources()
@@ -470,48 +474,39 @@ PIPELINE_PARAMS = {
 def pipeline(tmp_path_factory, small_ops):
     """prepare -> episodes -> train -> evaluate for every variant, plus each variant's
     untrained (initial) test metrics on the same subtasks."""
-    from mtml.data.sources import prepare_dataset
-    from mtml.kinds import KINDS
-    from mtml.multitask.config import multitask_config
-    from mtml.multitask.data import SceneBank, read_manifest
-    from mtml.multitask.episodes import manifest_path
-    from mtml.multitask.evaluate import evaluate_subtasks
-    from mtml.multitask.train import init_learner
+    from mtml.layout import Layout
+    from mtml.multitask.scoring import evaluate_subtasks
+    from mtml.stages import init_learner, load_banks, read_manifests
+
+    from pipeline_helpers import run_pipeline
 
     root = tmp_path_factory.mktemp("mt")
-    params = validate(PIPELINE_PARAMS)
-    processed, episodes = root / "data/processed", root / "data/episodes"
-    for name, cfg in params["datasets"].items():
-        prepare_dataset(name, cfg, root / "data/raw", processed, params["seed"])
-    kind = KINDS["multitask"]
-    kind.episodes(params, "mt", processed, episodes)
-    mt = multitask_config(params, "mt")
-    from mtml.data.storage import load_prepared
-
-    bank = SceneBank(load_prepared(processed / "scenes"), mt.tasks, torch.device("cpu"))
-    untrained, rows = {}, {}
-    for meth in params["methods"]:
-        model_dir, metrics_dir = root / "models/mt" / meth, root / "metrics/runs/mt" / meth
-        kind.train(params, "mt", meth, processed, episodes, model_dir, metrics_dir, torch.device("cpu"))
-        rows[meth] = kind.evaluate(params, "mt", meth, model_dir / "model.pt", processed, episodes,
-                                   metrics_dir, torch.device("cpu"))
-        learner = init_learner(params, "mt", meth, mt, bank.image_shape, "cpu")
-        untrained[meth] = {t.name: evaluate_subtasks(learner, bank, t, read_manifest(
-            manifest_path(episodes, "mt", "test", t.name)), mt.thresholds[t.name], nil=False).mean(numeric_only=True)
-            for t in mt.tasks}
-    return root, params, rows, untrained
+    study = make_study(PIPELINE_PARAMS, ["mt.yaml"])
+    layout = Layout(root, study)
+    rows = {meth: r for (_, meth), r in run_pipeline(study, root).items()}
+    exp = study.experiment("mt")
+    mt = exp.settings
+    banks = load_banks(exp, layout, [exp.dataset], torch.device("cpu"))
+    tests = {spec.keys["task"]: m for spec, m in read_manifests(exp, layout, ("test",))}
+    untrained = {}
+    for meth in study.methods:
+        learner = init_learner(study.run("mt", meth), exp.kind.context(exp, banks), "cpu")
+        untrained[meth] = {t.name: evaluate_subtasks(learner, banks[exp.dataset], t, tests[t.name],
+                                                     mt.thresholds[t.name], nil=False).mean(numeric_only=True)
+                           for t in mt.tasks}
+    return layout, study, rows, untrained
 
 
-def _overall(root, meth, split="test"):
-    result = json.loads((root / "metrics/runs/mt" / meth / "multitask.json").read_text())
+def _overall(layout, meth, split="test"):
+    result = json.loads((layout.run_dir("mt", meth) / "details.json").read_text())
     return {r["task"]: r for r in result["rows"] if r["environment"] == "all" and r["split"] == split}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("meth", list(VARIANTS))
 def test_each_variant_trains_and_beats_its_untrained_self_on_every_task(pipeline, meth):
-    root, _, _, untrained = pipeline
-    trained = _overall(root, meth)
+    layout, _, _, untrained = pipeline
+    trained = _overall(layout, meth)
     assert trained["classification"]["accuracy"] > untrained[meth]["classification"]["accuracy"]
     for task in ("depth", "normals", "vanishing_point"):
         assert trained[task]["mse"] < untrained[meth][task]["mse"], task
@@ -523,15 +518,15 @@ def test_run_outputs_follow_the_pipeline_contract(pipeline):
 
     from mtml.analysis.aggregate import SummaryRows
 
-    root, params, rows, _ = pipeline
-    episodes = root / "data/episodes/mt"
+    layout, study, rows, _ = pipeline
+    episodes = layout.episodes("mt")
     sources = json.loads((episodes / "sources.json").read_text())
     assert sources["tasks"] == ["classification", "depth", "normals", "vanishing_point"]
     for prefix in ("val", "test", "cross-scenes-shifted"):
         for task in sources["tasks"]:
             assert (episodes / f"{prefix}-{task}.parquet").exists()
-    for meth in params["methods"]:
-        run, model = root / "metrics/runs/mt" / meth, root / "models/mt" / meth
+    for meth in study.methods:
+        run, model = layout.run_dir("mt", meth), layout.model_dir("mt", meth)
         assert (model / "model.pt").exists() and (model / "checkpoint.pt").exists()
         log = pd.read_csv(run / "train_log.csv")
         assert list(log.columns) == ["iteration", "loss", "train_accuracy", "val_accuracy"]
@@ -543,33 +538,35 @@ def test_run_outputs_follow_the_pipeline_contract(pipeline):
         # eval.json rows fit the few-shot summary schema: one per split.
         frame = SummaryRows.validate(pd.DataFrame([{**r, **timing} for r in rows[meth]]))
         assert list(frame["split"]) == ["test", "cross-domain"]
-        detail = json.loads((run / "multitask.json").read_text())["rows"]
+        details = json.loads((run / "details.json").read_text())
+        assert details["kind"] == "multitask" and details["method"] == meth
+        detail = details["rows"]
         envs = {r["environment"] for r in detail if r["split"] == "test" and r["task"] == "depth"}
         assert envs == {"all", "env05", "env06"}  # the two test environments, and overall
         per_subtask = pd.read_csv(run / "episodes.csv")
         assert len(per_subtask) == 2 * 4 * 24
     assert "attention_block_mean" in json.loads(
-        (root / "metrics/runs/mt/am/trace.jsonl").read_text().splitlines()[0])
-    uw = json.loads((root / "metrics/runs/mt/am-16-uw/trace.jsonl").read_text().splitlines()[-1])
+        (layout.run_dir("mt", "am") / "trace.jsonl").read_text().splitlines()[0])
+    uw = json.loads((layout.run_dir("mt", "am-16-uw") / "trace.jsonl").read_text().splitlines()[-1])
     assert uw["task_weight"] != {t: 1.0 for t in sources["tasks"]}  # learned weights moved
 
 
 @pytest.mark.slow
 def test_analyses_write_their_tables_and_figures(pipeline, monkeypatch):
     import mtml.analysis.multitask as analyses
-    from mtml.analysis.registry import ANALYSES
+    from mtml.analysis.registry import get_analysis
 
     # Fewer steps and subtasks than the defaults: enough to move w, and the test stays short.
     monkeypatch.setattr(analyses, "OPTIMAL_STEPS", 10)
     monkeypatch.setattr(analyses, "OPTIMAL_LR", 0.1)
     monkeypatch.setattr(analyses, "OPTIMAL_SUBTASKS", 1)
     monkeypatch.setattr(analyses, "SPEED_REPEATS", 3)
-    root, params, _, _ = pipeline
+    layout, study, _, _ = pipeline
     out = {}
-    for name in params["analyses"]:
-        out[name] = root / "metrics/analysis" / name
+    for name in study.analyses:
+        out[name] = layout.analysis(name)
         out[name].mkdir(parents=True)
-        ANALYSES[name](params, root / "metrics", out[name])
+        get_analysis(name)(study, layout, out[name])
     table = (out["multitask-table"] / "table.md").read_text()
     assert all(f"| {m} |" in table for m in VARIANTS) and "cross-domain" in table
     optimal = json.loads((out["optimal-attention"] / "optimal_attention.json").read_text())
@@ -582,7 +579,36 @@ def test_analyses_write_their_tables_and_figures(pipeline, monkeypatch):
     assert any(w.get("subtasks") == 24 for w in weights)
     speed = json.loads((out["multitask-speed"] / "speed.json").read_text())[0]
     assert speed["timings"]["maml"]["method"] == "mt-maml (built)"
+    assert speed["timings"]["maml"]["filters"] == speed["timings"]["am"]["filters"]  # same width
+    assert speed["parameter_ratio_am_vs_maml"] > 1  # the modulators are extra parameters
     assert speed["timings"]["am"]["method"] == "am"  # the multi-meta-task AM, not am-single
     assert set(speed["timings"]["am"]["inference_seconds_per_task"]) == set(TASKS)
     assert speed["timings"]["am"]["train_updates_timed"] == 3
     assert speed["train_speedup_am_vs_maml"] > 0 and speed["inference_speedup_am_vs_maml"] > 0
+
+
+def test_speed_analysis_compares_backbones_of_the_same_width():
+    import mtml.analysis.multitask as analyses
+
+    p = copy.deepcopy(PIPELINE_PARAMS)
+    p["methods"] = {"am": {"algorithm": "mt-am", "filters": 8}, "maml-wide": {"algorithm": "mt-maml", "filters": 16},
+                    "maml": {"algorithm": "mt-maml", "filters": 8, "inner_steps": 2}}
+    chosen = analyses._speed_learners(make_study(p), "mt", (3, 16, 16))
+    assert chosen["maml"][0] == "maml" and chosen["maml"][1].filters == chosen["am"][1].filters == 8
+    del p["methods"]["maml"]
+    chosen = analyses._speed_learners(make_study(p), "mt", (3, 16, 16))
+    assert chosen["maml"][0] == "mt-maml (built)" and chosen["maml"][1].filters == 8  # not the 16-filter one
+
+
+def test_benchmark_times_multitask_methods_on_the_kinds_own_tasks(tmp_path):
+    from mtml.benchmark import benchmark
+    from mtml.layout import Layout
+
+    p = copy.deepcopy(PIPELINE_PARAMS)
+    p["methods"] = {"am": {"algorithm": "mt-am", "filters": 4}, "maml": {"algorithm": "mt-maml", "filters": 4}}
+    study = make_study(p)
+    result = benchmark(study, Layout(tmp_path, study), "mt", iterations=1, episodes=1)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["setting"]["kind"] == "multitask" and set(rows) == {"am", "maml"}
+    assert all(r["train_iter_per_s"] > 0 and r["eval_episodes_per_s"] > 0 for r in rows.values())
+    assert rows["am"]["parameters"] > rows["maml"]["parameters"]  # the modulators

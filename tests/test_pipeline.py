@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,29 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+from pipeline_helpers import ENV, ROOT, project_dir, run_command
+
 # Timings are measured, hence differ between runs; everything else must be identical.
 TIMING_FILES = {"timing_train.json", "timing_eval.json"}
 
 pytestmark = pytest.mark.slow
-
-
-def _workdir(tmp: Path, params: dict | None = None) -> Path:
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(ROOT / name, tmp / name)
-    shutil.copytree(ROOT / "workflow", tmp / "workflow")
-    p = params or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
-    (tmp / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    return tmp
-
-
-def _run(cmd, cwd, **kw):
-    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, **kw)
-    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
 
 
 def _outputs(root: Path) -> set[str]:
@@ -54,21 +36,21 @@ def _outputs(root: Path) -> set[str]:
 
 
 def _git_dvc_init(root: Path):
-    _run(["git", "init", "-q"], root)
-    _run(["git", "config", "user.email", "t@example.com"], root)
-    _run(["git", "config", "user.name", "t"], root)
-    _run(["dvc", "init", "-q"], root)
-    _run(["dvc", "config", "core.analytics", "false"], root)
-    _run(["dvc", "config", "core.check_update", "false"], root)
+    run_command(["git", "init", "-q"], root)
+    run_command(["git", "config", "user.email", "t@example.com"], root)
+    run_command(["git", "config", "user.name", "t"], root)
+    run_command(["dvc", "init", "-q"], root)
+    run_command(["dvc", "config", "core.analytics", "false"], root)
+    run_command(["dvc", "config", "core.check_update", "false"], root)
 
 
 @pytest.fixture(scope="module")
 def front_doors(tmp_path_factory):
-    smk = _workdir(tmp_path_factory.mktemp("snakemake"))
-    _run(["snakemake", "--cores", "2", "all", "--quiet"], smk)
-    dvc = _workdir(tmp_path_factory.mktemp("dvc"))
+    smk = project_dir(tmp_path_factory.mktemp("snakemake"))
+    run_command(["snakemake", "--cores", "2", "all", "--quiet"], smk)
+    dvc = project_dir(tmp_path_factory.mktemp("dvc"))
     _git_dvc_init(dvc)
-    _run(["dvc", "repro", "--quiet"], dvc)
+    run_command(["dvc", "repro", "--quiet"], dvc)
     return smk, dvc
 
 
@@ -76,15 +58,16 @@ def test_both_front_doors_produce_the_same_files(front_doors):
     smk, dvc = front_doors
     files = _outputs(smk)
     assert files == _outputs(dvc)
-    assert "metrics/summary.json" in files and "metrics/plots/accuracy.png" in files
+    assert "metrics/default/summary.json" in files and "metrics/default/plots/accuracy.png" in files
+    assert {f.split("/")[2] for f in files if f.startswith("data/processed/")} == {"glyphs", "glyphs-shifted"}
     for f in sorted(files):
         if f.startswith("metrics/") and Path(f).suffix in (".json", ".csv", ".jsonl", ".md") \
                 and Path(f).name not in TIMING_FILES and not f.endswith(("summary.json", "summary.md")):
             assert (smk / f).read_bytes() == (dvc / f).read_bytes(), f
     strip = lambda rows: {k: {c: v for c, v in r.items() if not c.endswith("_seconds")}  # noqa: E731
                           for k, r in rows.items()}
-    a = json.loads((smk / "metrics/summary.json").read_text())
-    assert strip(a) == strip(json.loads((dvc / "metrics/summary.json").read_text()))
+    a = json.loads((smk / "metrics/default/summary.json").read_text())
+    assert strip(a) == strip(json.loads((dvc / "metrics/default/summary.json").read_text()))
     for row in a.values():
         assert row["episodes"] == 10 and 0 <= row["accuracy"] <= 100 and row["ci95"] >= 0
         assert {"experiment", "dataset", "split", "method", "ways", "shots", "train_seconds",
@@ -97,28 +80,28 @@ def test_changing_one_method_reruns_only_that_method(front_doors):
         p = yaml.safe_load((root / "params.yaml").read_text())
         p["methods"]["maml"]["inner_lr"] = 0.1
         (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    dry = _run(["snakemake", "--cores", "1", "all", "-n", "--printshellcmds"], smk).stdout
+    dry = run_command(["snakemake", "--cores", "1", "all", "-n", "--printshellcmds"], smk).stdout
     cmds = [line[line.index("python -m mtml"):] for line in dry.splitlines() if "python -m mtml" in line]
     stages = sorted(c.split()[3] for c in cmds)
     assert stages == ["aggregate", "evaluate", "train"], cmds
     assert all("--method maml" in c for c in cmds if " train " in c or " evaluate " in c)
-    status = _run(["dvc", "status"], dvc).stdout
+    status = run_command(["dvc", "status"], dvc).stdout
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
-    assert changed == ["aggregate", "evaluate@tiny-maml", "train@tiny-maml"], status
+    assert changed == ["aggregate", "evaluate.tiny.maml", "train.tiny.maml"], status
 
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     p = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     p["methods"] = {"protonet": {"filters": 8}}
     p["training"].update(iterations=60, val_interval=5)
-    roots = [_workdir(tmp_path / "whole", p), _workdir(tmp_path / "killed", p)]
+    roots = [project_dir(tmp_path / "whole", p), project_dir(tmp_path / "killed", p)]
     for root in roots:
-        _run([sys.executable, "-m", "mtml", "prepare", "--dataset", "glyphs"], root)
-        _run([sys.executable, "-m", "mtml", "prepare", "--dataset", "glyphs-shifted"], root)
-        _run([sys.executable, "-m", "mtml", "episodes", "--experiment", "tiny"], root)
+        run_command([sys.executable, "-m", "mtml", "prepare", "--dataset", "glyphs"], root)
+        run_command([sys.executable, "-m", "mtml", "prepare", "--dataset", "glyphs-shifted"], root)
+        run_command([sys.executable, "-m", "mtml", "episodes", "--experiment", "tiny"], root)
     train = [sys.executable, "-m", "mtml", "train", "--experiment", "tiny", "--method", "protonet"]
-    _run(train, roots[0])
-    ckpt = roots[1] / "models/tiny/protonet/checkpoint.pt"
+    run_command(train, roots[0])
+    ckpt = roots[1] / "models/default/tiny/protonet/checkpoint.pt"
     proc = subprocess.Popen(train, cwd=roots[1], env=ENV)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -126,29 +109,68 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert proc.poll() is None, "training ended before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (roots[1] / "models/tiny/protonet/model.pt").exists()
+    assert not (roots[1] / "models/default/tiny/protonet/model.pt").exists()
     import torch
 
     assert 0 < torch.load(ckpt, weights_only=False)["iteration"] < 60
-    _run(train, roots[1])
-    for f in ("metrics/runs/tiny/protonet/train_log.csv", "metrics/runs/tiny/protonet/train.json"):
+    run_command(train, roots[1])
+    for f in ("metrics/default/runs/tiny/protonet/train_log.csv", "metrics/default/runs/tiny/protonet/train.json"):
         assert (roots[0] / f).read_bytes() == (roots[1] / f).read_bytes(), f
-    a, b = (torch.load(r / "models/tiny/protonet/model.pt", weights_only=False)["state"] for r in roots)
+    a, b = (torch.load(r / "models/default/tiny/protonet/model.pt", weights_only=False)["state"] for r in roots)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_preset_named_with_configfile_replaces_params_yaml(tmp_path):
     """`--configfile preset.yaml` runs the preset's experiments and methods only (presets are
     whole params files), and every stage reads the preset, not params.yaml."""
-    root = _workdir(tmp_path / "w")
+    root = project_dir(tmp_path / "w")
     preset = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     preset["experiments"] = {"other": {**preset["experiments"]["tiny"], "shots": 2}}
     preset["methods"] = {"protonet": {"filters": 8}}
     (root / "preset.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
-    dry = _run(["snakemake", "--cores", "1", "all", "-n", "--printshellcmds", "--configfile", "preset.yaml"],
+    dry = run_command(["snakemake", "--cores", "1", "all", "-n", "--printshellcmds", "--configfile", "preset.yaml"],
                root).stdout
     cmds = [line[line.index("python -m mtml"):] for line in dry.splitlines() if "python -m mtml" in line]
     runs = sorted(c for c in cmds if " train " in c or " evaluate " in c)
     assert len(runs) == 2 and all("--experiment other --method protonet" in c for c in runs), cmds
     # (Snakemake passes the --configfile path made absolute.)
     assert all(f"--params {root / 'preset.yaml'} " in c for c in cmds), cmds
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(f.relative_to(folder)): hashlib.md5(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_preset_runs_from_a_fresh_clone_beside_the_committed_default(tmp_path):
+    """The README's run, then a preset, then the README's run again, in a fresh clone whose
+    default study's metrics are committed: the preset runs (sharing the identical prepared
+    data), leaves the default's metrics untouched, and the second default run has nothing to do."""
+    default = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    default["study"] = "default"
+    default["methods"] = {"protonet": {"filters": 8}}
+    default["training"].update(iterations=4, val_interval=2)
+    origin = project_dir(tmp_path / "origin", default)
+    preset = {**default, "study": None, "experiments": {"tiny": {**default["experiments"]["tiny"], "shots": 2}}}
+    del preset["study"]
+    (origin / "configs").mkdir()
+    (origin / "configs" / "tiny-2shot.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
+    shutil.copy(ROOT / ".gitignore", origin / ".gitignore")
+    _git_dvc_init(origin)
+    run_command(["snakemake", "--cores", "2", "all", "--quiet"], origin)
+    run_command(["git", "add", "-A"], origin)
+    run_command(["git", "commit", "-qm", "default results"], origin)
+
+    clone = tmp_path / "clone"
+    run_command(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    run_command(["snakemake", "--cores", "2", "all", "--quiet"], clone)  # the README's command
+    before = _digests(clone / "metrics/default")
+    run_command(["snakemake", "--cores", "2", "all", "--quiet", "--configfile", "configs/tiny-2shot.yaml"], clone)
+    assert json.loads((clone / "metrics/tiny-2shot/summary.json").read_text())["tiny/protonet/test/glyphs"]["shots"] == 2
+    assert _digests(clone / "metrics/default") == before  # the preset wrote into its own study
+    assert len(list((clone / "data/processed/glyphs").iterdir())) == 1  # identical inputs: shared
+    assert len(list((clone / "data/episodes/tiny").iterdir())) == 2  # other shots: its own manifests
+    again = run_command(["snakemake", "--cores", "2", "all", "-n"], clone)
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]

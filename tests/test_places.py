@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from mtml.data.sources import prepare_dataset
 from mtml.data.storage import load_prepared
 from mtml.errors import UserError
-from mtml.params import validate
+from mtml.params import study as make_study
 
 CLASSES = ["a/abbey", "a/airport_terminal", "b/bedroom", "k/kitchen"]
 
@@ -45,8 +44,8 @@ def places_tree(tmp_path_factory) -> Path:
 
 
 def _prepare(tmp_path: Path, name="mp", **options) -> Path:
-    return prepare_dataset(name, {"source": "miniplaces", "options": options}, tmp_path / "raw",
-                           tmp_path / "processed", 0)
+    return prepare_dataset(name, {"source": "miniplaces", "options": options}, tmp_path / "raw" / name,
+                           tmp_path / "processed" / name, 0)
 
 
 def test_class_folders_become_test_classes_with_their_first_images(places_tree, tmp_path):
@@ -86,9 +85,12 @@ def test_a_folder_of_loose_images_is_refused(places_tree, tmp_path):
 def test_cross_domain_subtasks_on_miniplaces_train_and_evaluate(places_tree, tmp_path):
     """A multitask classification experiment (class_scope split, as in the mini-places preset)
     with the miniplaces folder as its cross-domain set: episodes, train, evaluate."""
-    from mtml.kinds import KINDS
+    from mtml.layout import Layout
+    from mtml.stages import build_episodes
 
-    params = validate({
+    from pipeline_helpers import run_pipeline
+
+    study = make_study({
         "seed": 0, "device": "cpu", "threads": 1,
         "datasets": {"scenes": {"source": "scenes", "options": {
                          "image_size": 16, "environments": [2, 1, 1], "room_types": [3, 3, 3],
@@ -102,19 +104,16 @@ def test_cross_domain_subtasks_on_miniplaces_train_and_evaluate(places_tree, tmp
         "training": {"iterations": 2, "meta_batch": 1, "val_interval": 2, "val_episodes": 2},
         "evaluation": {"episodes": 5},
     })
-    processed, episodes = tmp_path / "processed", tmp_path / "episodes"
-    for name, cfg in params["datasets"].items():
-        prepare_dataset(name, cfg, tmp_path / "raw", processed, 0)
-    kind = KINDS["multitask"]
-    kind.episodes(params, "mt", processed, episodes)
-    cross = pd.read_parquet(episodes / "mt" / "cross-mp-classification.parquet")
-    mp = load_prepared(processed / "mp")
+    layout = Layout(tmp_path, study)
+    for name in study.datasets:
+        prepare_dataset(name, study.dataset(name), layout.raw(name), layout.prepared(name), 0)
+    build_episodes(study, layout, "mt")
+    cross = pd.read_parquet(layout.episodes("mt") / "cross-mp-classification.parquet")
+    mp = load_prepared(layout.prepared("mp"))
     assert set(cross["environment"]) == {"any"} and cross["episode"].nunique() == 5
     assert cross.groupby("episode")["item"].apply(lambda i: len(set(mp.labels[i]))).eq(3).all()
     assert cross["item"].max() < len(mp.labels)
-    kind.train(params, "mt", "am", processed, episodes, tmp_path / "models", tmp_path / "runs", torch.device("cpu"))
-    rows = kind.evaluate(params, "mt", "am", tmp_path / "models" / "model.pt", processed, episodes,
-                         tmp_path / "runs", torch.device("cpu"))
+    rows = run_pipeline(study, tmp_path)[("mt", "am")]
     assert [(r["split"], r["dataset"], r["episodes"]) for r in rows] == [("test", "scenes", 5),
                                                                          ("cross-domain", "mp", 5)]
     assert all(0 <= r["accuracy"] <= 100 and 0 <= r["nil_accuracy"] <= 100 for r in rows)

@@ -24,11 +24,12 @@ from mtml.data import cifar, cub, download, imagenet
 from mtml.data.aircraft import variant_split
 from mtml.data.sources import prepare_dataset
 from mtml.data.storage import SPLITS, load_prepared
-from mtml.episodes.build import build_experiment_episodes
 from mtml.errors import UserError
-from mtml.params import validate
+from mtml.params import study as make_study
+from mtml.stages import build_episodes
 
 from http_fixture import serve
+from pipeline_helpers import FlatLayout
 
 
 def _md5(data: bytes) -> str:
@@ -53,12 +54,12 @@ def _tar(members: dict[str, bytes], gz: bool = True, level: int = 1) -> bytes:
 
 
 def _prepare(tmp_path: Path, name: str, source: str, **options) -> Path:
-    return prepare_dataset(name, {"source": source, "options": options}, tmp_path / "raw",
-                           tmp_path / "processed", 0)
+    return prepare_dataset(name, {"source": source, "options": options}, tmp_path / "raw" / name,
+                           tmp_path / "processed" / name, 0)
 
 
 def _episodes(tmp_path: Path, datasets: dict, dataset: str, cross=(), ways=5, shots=1, queries=2) -> Path:
-    params = validate({
+    study = make_study({
         "seed": 0, "device": "cpu",
         "datasets": {n: {"source": s} for n, s in datasets.items()},
         "experiments": {"exp": {"dataset": dataset, "cross_domain": list(cross), "ways": ways, "shots": shots,
@@ -66,7 +67,7 @@ def _episodes(tmp_path: Path, datasets: dict, dataset: str, cross=(), ways=5, sh
         "methods": {"protonet": {"filters": 8}},
         "training": {"val_episodes": 3}, "evaluation": {"episodes": 4},
     })
-    out = build_experiment_episodes(params, "exp", tmp_path / "processed", tmp_path / "episodes")
+    out = build_episodes(study, FlatLayout(tmp_path, study), "exp")
     data = load_prepared(tmp_path / "processed" / dataset)
     for fname, split in (("val.parquet", "val"), ("test.parquet", "test")):
         df = pd.read_parquet(out / fname)
@@ -497,7 +498,7 @@ def test_presets_are_complete_params_for_these_sources(preset):
     from mtml.data import aircraft, sources
     from mtml.params import load
 
-    params = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")
+    params = load(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml").params
     defaults = {"cifar-fs": cifar.DEFAULTS, "fc100": cifar.DEFAULTS, "miniimagenet": imagenet.MINI_DEFAULTS,
                 "tieredimagenet": imagenet.TIERED_DEFAULTS, "cub": cub.DEFAULTS, "aircraft": aircraft.DEFAULTS}
     for name, cfg in params["datasets"].items():

@@ -8,37 +8,21 @@
 from __future__ import annotations
 
 import base64
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+from pipeline_helpers import ROOT, project_dir, run_command
 
 
 def _run(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    r = run_command(cmd, cwd, timeout=600)
     return r.stdout + r.stderr
-
-
-def _workdir(tmp: Path, params: dict) -> Path:
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(ROOT / name, tmp / name)
-    shutil.copytree(ROOT / "workflow", tmp / "workflow")
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return tmp
 
 
 def test_snakemake_lint_is_clean(tmp_path):
     # The repository's own params: the workflow users run.
-    root = _workdir(tmp_path, yaml.safe_load((ROOT / "params.yaml").read_text()))
+    root = project_dir(tmp_path, yaml.safe_load((ROOT / "params.yaml").read_text()))
     out = _run(["snakemake", "--lint"], root)
     assert "Congratulations, your workflow is in a good condition!" in out, out
 
@@ -53,16 +37,16 @@ def test_report_has_every_figure_and_table_with_captions(tmp_path):
     params = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     params["methods"] = {"pixel-nn": {}, "protonet": {"filters": 8}}
     params["analyses"] = ["paper-table"]
-    root = _workdir(tmp_path, params)
+    root = project_dir(tmp_path, params)
     _run(["snakemake", "--cores", "2", "all", "--quiet"], root)
     _run(["snakemake", "--report", "report.html"], root)
     html = (root / "report.html").read_text()
 
     figures = sorted((root / "metrics").rglob("*.png"))
     names = {f.relative_to(root).as_posix() for f in figures}
-    assert names == {"metrics/plots/accuracy.png", "metrics/plots/val_curves.png",
-                     "metrics/analysis/paper-table/paper_table.png"}, names
-    tables = [root / "metrics/summary.md", root / "metrics/analysis/paper-table/paper_table.md"]
+    assert names == {"metrics/default/plots/accuracy.png", "metrics/default/plots/val_curves.png",
+                     "metrics/default/analysis/paper-table/paper_table.png"}, names
+    tables = [root / "metrics/default/summary.md", root / "metrics/default/analysis/paper-table/paper_table.md"]
     for item in figures + tables:  # embedded, not linked
         assert base64.b64encode(item.read_bytes()).decode() in html, item
     for caption in ("workflow.rst", "accuracy.rst", "val_curves.rst", "summary.rst"):

@@ -200,9 +200,9 @@ def _outputs(root: Path) -> set[str]:
 
 def _rule_outputs(rule: str, method: str) -> list[str]:
     names = {"train": ["train_log.csv", "train.json", "timing_train.json", "trace.jsonl"],
-             "evaluate": ["eval.json", "episodes.csv", "timing_eval.json"]}[rule]
-    extra = [f"models/tiny/{method}/model.pt"] if rule == "train" else []
-    return extra + [f"metrics/runs/tiny/{method}/{n}" for n in names]
+             "evaluate": ["eval.json", "episodes.csv", "details.json", "timing_eval.json"]}[rule]
+    extra = [f"models/default/tiny/{method}/model.pt"] if rule == "train" else []
+    return extra + [f"metrics/default/runs/tiny/{method}/{n}" for n in names]
 
 
 def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
@@ -210,7 +210,7 @@ def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
     ref, root = _workdir(tmp_path / "local"), _workdir(tmp_path / "slurm")
     # Data stages once, locally (this test is about the train/evaluate jobs); the SLURM run
     # starts from a copy, with Snakemake's records of them.
-    _run(["snakemake", "--cores", "2", "data/episodes/tiny", "--quiet"], ref, env)
+    _run(["snakemake", "--cores", "2", "all", "--until", "episodes", "--quiet"], ref, env)
     shutil.copytree(ref / "data", root / "data")
     shutil.copytree(ref / ".snakemake/metadata", root / ".snakemake/metadata")
     # The rest of the reference run at low priority: the cluster jobs mostly wait on polling.
@@ -282,16 +282,16 @@ def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
     assert local.wait(timeout=400) == 0, local.stdout.read()[-3000:]
     files = _outputs(root)
     assert files == _outputs(ref)
-    compared = sorted(f for f in files if f.startswith("metrics/runs/") and Path(f).name not in TIMING_FILES)
+    compared = sorted(f for f in files if f.startswith("metrics/default/runs/") and Path(f).name not in TIMING_FILES)
     for meth in ("pixel-nn", "protonet", "maml"):
         for name in ("eval.json", "episodes.csv", "train_log.csv"):
-            assert f"metrics/runs/tiny/{meth}/{name}" in compared
+            assert f"metrics/default/runs/tiny/{meth}/{name}" in compared
     for f in compared:
         assert (root / f).read_bytes() == (ref / f).read_bytes(), f
     import torch
 
     for meth in ("pixel-nn", "protonet", "maml"):
-        a, b = (torch.load(r / f"models/tiny/{meth}/model.pt", weights_only=False)["state"] for r in (root, ref))
+        a, b = (torch.load(r / f"models/default/tiny/{meth}/model.pt", weights_only=False)["state"] for r in (root, ref))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), meth
-    summary = json.loads((root / "metrics/summary.json").read_text())
+    summary = json.loads((root / "metrics/default/summary.json").read_text())
     assert {row["method"] for row in summary.values()} == {"pixel-nn", "protonet", "maml"}

@@ -281,7 +281,7 @@ def test_attention_batch_size_mismatch_is_a_clear_error():
         learner.train_step([_episode()] * 2, opt, lambda: [_episode()] * 2)
 
 
-def test_benchmark_times_the_paper_methods_with_an_experiments_meta_batch():
+def test_benchmark_times_the_paper_methods_with_an_experiments_meta_batch(tmp_path):
     from mtml.benchmark import benchmark
 
     from pipeline_helpers import tiny_params
@@ -292,7 +292,9 @@ def test_benchmark_times_the_paper_methods_with_an_experiments_meta_batch():
     # the experiment trains with meta-batches of 3 while the top-level training block says 2
     params = tiny_params(methods=methods, experiments={"tiny": {"dataset": "glyphs", "ways": 3, "shots": 1,
                                                                  "queries": 2, "training": {"meta_batch": 3}}})
-    result = benchmark(params, "tiny", iterations=1, episodes=1)
+    from mtml.layout import Layout
+
+    result = benchmark(params, Layout(tmp_path, params), "tiny", iterations=1, episodes=1)
     assert result["setting"]["meta_batch"] == 3
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == set(methods)
@@ -320,7 +322,10 @@ def test_correlation_and_max_loss_rank_hand_values():
 def test_paper_table_marks_settings_not_run(tmp_path):
     from mtml.analysis.task_attention import paper_table
 
-    params = {"experiments": {"a": {"dataset": "glyphs"}}, "methods": {"maml": {}, "ta-maml": {}}}
+    from pipeline_helpers import tiny_params
+
+    params = tiny_params(experiments={"a": {"dataset": "glyphs", "ways": 5, "shots": 1}},
+                         methods={"maml": {}, "ta-maml": {"meta_batch": 2}})
     summary = {"a/maml/test/glyphs": {"experiment": "a", "dataset": "glyphs", "split": "test", "method": "maml",
                                       "ways": 5, "shots": 1, "accuracy": 50.0, "ci95": 1.0}}
     table = paper_table(params, summary)
@@ -357,7 +362,8 @@ ALL_METHODS = {
 @pytest.mark.slow
 def test_all_methods_beat_chance_and_analyses_draw(tmp_path):
     from mtml.analysis.aggregate import aggregate
-    from mtml.analysis.registry import ANALYSES
+    from mtml.analysis.registry import get_analysis
+    from mtml.layout import Layout
 
     from pipeline_helpers import run_pipeline, tiny_params
 
@@ -375,15 +381,15 @@ def test_all_methods_beat_chance_and_analyses_draw(tmp_path):
     for (_, meth), rows in results.items():
         test = next(r for r in rows if r["split"] == "test")
         assert test["accuracy"] - test["ci95"] > 20.0, (meth, test)  # 5-way chance is 20%
-    metrics = tmp_path / "metrics"
+    layout = Layout(tmp_path, params)
     for meth in ALL_METHODS:
-        lines = (metrics / "runs/tiny" / meth / "trace.jsonl").read_text().splitlines()
+        lines = (layout.run_dir("tiny", meth) / "trace.jsonl").read_text().splitlines()
         assert len(lines) == (40 if meth.startswith("ta-") else 0)
-    aggregate(params, metrics)
-    for name in params["analyses"]:
+    aggregate(params, layout)
+    for name in params.analyses:
         out = tmp_path / "analysis" / name
         out.mkdir(parents=True)
-        ANALYSES[name](params, metrics, out)
+        get_analysis(name)(params, layout, out)
         assert any(out.glob("*.png")) and any(out.glob("*.md")) and any(out.glob("*.csv"))
     trend = pd.read_csv(tmp_path / "analysis/attention-trend/attention_trend.csv")
     assert len(trend) == 3 * 40 and (trend["max_weight"] >= 0.5 - 1e-6).all() and (trend["min_weight"] <= 0.5 + 1e-6).all()

@@ -5,19 +5,14 @@ import pytest
 import torch
 
 from mtml.analysis.transference import mode_matrix, task_loss, transference_ratios
-from mtml.benchmark import random_episode
 from mtml.methods import build
+
+from pipeline_helpers import random_episode
 
 SHAPE = (3, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread is fastest and avoids oversubscribing a busy CI machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _episodes(n, seed, modes=1):

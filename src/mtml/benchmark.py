@@ -1,8 +1,8 @@
 """Speed of every method: meta-training iterations/s and evaluation episodes/s on this device.
 
-Episodes are random tensors of the experiment's shape (the data do not change the cost), so
-the benchmark needs no prepared dataset. Methods come from params (`methods`), hence it
-covers whatever a params file selects, with its hyperparameters.
+Tasks come from the experiment kind's own training stream over the prepared data (prepared
+first when missing), so every kind is timed with exactly the tasks and learners its training
+uses. Methods come from the study (`methods`), with their hyperparameters.
 """
 
 from __future__ import annotations
@@ -13,16 +13,8 @@ import time
 
 import torch
 
-from mtml.methods import build
-from mtml.methods.base import Episode
-from mtml.params import method, training_config
+from mtml.methods.base import build_learner
 from mtml.utils import resolve_device
-
-
-def random_episode(ways, shots, queries, shape, device, mode=0) -> Episode:
-    lab = lambda n: torch.arange(ways, device=device).repeat_interleave(n)  # noqa: E731
-    return Episode(torch.rand(ways * shots, *shape, device=device), lab(shots),
-                   torch.rand(ways * queries, *shape, device=device), lab(queries), ways, mode)
 
 
 def _sync(device):
@@ -41,58 +33,56 @@ def _rate(fn, n, device, warmup=2) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def time_method(learner, setting, shape, batch_size, device, iterations, episodes, modes: int = 1) -> dict:
-    """Parameter counts, meta-training iterations/s and evaluation episodes/s of one learner.
-    With `modes`, a meta-batch's tasks take the modes in turn (a multimodal experiment)."""
-    ways, shots, queries = setting
-
-    def batch():
-        return [random_episode(ways, shots, queries, shape, device, mode=i % modes) for i in range(batch_size)]
-
+def time_method(learner, stream, tasks_of, batch_size, device, iterations, episodes) -> dict:
+    """Parameter counts, meta-training iterations/s and evaluation tasks/s of one learner,
+    on meta-batches of `stream` (`tasks_of(batch)` lists a batch's tasks)."""
     row = {"algorithm": learner.algorithm, "parameters": sum(p.numel() for p in learner.parameters())}
-    if hasattr(learner, "generator_parameters"):
-        row["generator_parameters"] = int(learner.generator_parameters())
+    generator = learner.generator_parameters()
+    if generator is not None:
+        row["generator_parameters"] = int(generator)
     if learner.trainable:
         opt = learner.make_optimizer(1e-3)
-        row["train_iter_per_s"] = round(_rate(lambda: learner.train_step(batch(), opt, batch), iterations, device), 3)
-    ep = random_episode(ways, shots, queries, shape, device)
+        row["train_iter_per_s"] = round(_rate(
+            lambda: learner.train_step(stream.batch(batch_size), opt, lambda: stream.batch(batch_size)),
+            iterations, device), 3)
+    evaluation = tasks_of(stream.batch(1))
+    learner.eval()
 
     def evaluate_one():
         with torch.no_grad():
-            learner.predict(ep)
+            for task in evaluation:
+                learner.predict(task)
 
-    row["eval_episodes_per_s"] = round(_rate(evaluate_one, episodes, device), 3)
+    row["eval_episodes_per_s"] = round(_rate(evaluate_one, episodes, device) * len(evaluation), 3)
+    learner.train()
     return row
 
 
-def benchmark(params: dict, experiment: str, iterations: int = 10, episodes: int = 20) -> dict:
-    device = resolve_device(params["device"])
-    exp = params["experiments"][experiment]
-    ways, shots, queries = exp["ways"], exp["shots"], exp["queries"]
-    shape = tuple(params["experiments"][experiment].get("options", {}).get("image_shape", (1, 28, 28)))
-    batch_size = training_config(params, experiment)["meta_batch"]  # with the experiment's overrides
-    mm, modes = None, 1
-    if exp["kind"] == "multimodal":  # per-mode methods get one learner per mode, as in training
-        from mtml.multimodal.config import multimodal_config
-        from mtml.multimodal.train import build_learner
+def benchmark(study, layout, experiment: str, iterations: int = 10, episodes: int = 20) -> dict:
+    from mtml import stages
 
-        mm = multimodal_config(params, experiment)
-        modes = len(mm.modes)
+    device = resolve_device(study.device)
+    exp = study.experiment(experiment)
+    for d in exp.kind.train_datasets(exp):
+        if not layout.prepared(d).exists():
+            stages.prepare(study, layout, d)
+    banks = stages.load_banks(exp, layout, exp.kind.train_datasets(exp), device)
+    ctx = exp.kind.context(exp, banks)
+    batch_size = exp.training["meta_batch"]  # with the experiment's overrides
     rows = []
-    for name in params["methods"]:
+    for name in study.methods:
+        run = study.run(experiment, name)
         torch.manual_seed(0)
-        if mm is not None:
-            learner = build_learner(params, experiment, name, mm, ways).to(device)
-        else:
-            learner = build(name, method(params, name, experiment), shape, ways).to(device)
-        rows.append({"method": name, **time_method(learner, (ways, shots, queries), shape, batch_size,
-                                                   device, iterations, episodes, modes)})
+        learner = build_learner(run, ctx).to(device)
+        stream = stages.training_stream(run, banks)
+        rows.append({"method": name, **time_method(learner, stream, exp.kind.tasks_of, batch_size, device,
+                                                   iterations, episodes)})
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "setting": {"experiment": experiment, "ways": ways, "shots": shots, "queries": queries,
-                    "image_shape": list(shape), "meta_batch": batch_size},
+        "setting": {"experiment": experiment, "kind": exp.kind.name, "ways": exp.ways, "shots": exp.shots,
+                    "queries": exp.queries, "image_shape": list(ctx.image_shape), "meta_batch": batch_size},
         "rows": rows,
     }
 

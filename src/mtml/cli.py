@@ -1,108 +1,94 @@
 """Stage entry points: `python -m mtml <stage> ...`.
 
 Snakemake rules and dvc.yaml stages call exactly these commands. Each stage parses its
-arguments, loads params, calls the library and writes its outputs atomically. Paths follow
-one layout relative to the working directory:
-
-  data/raw/<dataset>/        downloads            data/processed/<dataset>/   prepared arrays
-  data/episodes/<exp>/       fixed manifests      models/<exp>/<method>/      weights, checkpoint
-  metrics/<exp>/<method>/    logs, evaluations    metrics/summary.*, metrics/plots/
+arguments, loads the study (params files -> `mtml.study.Study`), and calls its driver in
+`mtml.stages`; every path comes from `mtml.layout.Layout` (see there for the layout).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mtml.errors import UserError
-
-RAW, PROCESSED, EPISODES = Path("data/raw"), Path("data/processed"), Path("data/episodes")
-MODELS, METRICS = Path("models"), Path("metrics")
 
 
 def _setup(args):
     from mtml import params as P
+    from mtml.layout import Layout
     from mtml.utils import seed_everything, set_threads
 
-    params = P.load(args.params)
-    set_threads(args.threads or params["threads"])
-    seed_everything(params["seed"])
-    return params
+    study = P.load(args.params)
+    set_threads(args.threads or study.threads)
+    seed_everything(study.seed)
+    layout = Layout(".", study)
+    if getattr(args, "dvc", False):
+        from mtml.workflow_dvc import check_dvc_yaml
+
+        check_dvc_yaml(layout)
+    return study, layout
+
+
+def _device(study):
+    from mtml.utils import resolve_device
+
+    return resolve_device(study.device)
 
 
 def cmd_prepare(args):
-    from mtml.data.sources import prepare_dataset
+    from mtml import stages
 
-    params = _setup(args)
-    if args.dataset not in params["datasets"]:
-        raise UserError(f"dataset {args.dataset!r} is not in params 'datasets'; defined: {', '.join(params['datasets'])}")
-    out = prepare_dataset(args.dataset, params["datasets"][args.dataset], RAW, PROCESSED, params["seed"])
-    print(f"prepared {out}")
-
-
-def _kind(params, exp):
-    from mtml.kinds import KINDS
-    from mtml.params import experiment
-
-    return KINDS[experiment(params, exp)["kind"]]
+    study, layout = _setup(args)
+    print(f"prepared {stages.prepare(study, layout, args.dataset)}")
 
 
 def cmd_episodes(args):
-    params = _setup(args)
-    out = _kind(params, args.experiment).episodes(params, args.experiment, PROCESSED, EPISODES)
-    print(f"wrote episodes {out}")
+    from mtml import stages
+
+    study, layout = _setup(args)
+    print(f"wrote episodes {stages.build_episodes(study, layout, args.experiment)}")
 
 
 def cmd_train(args):
-    from mtml.utils import resolve_device
+    from mtml import stages
 
-    params = _setup(args)
-    device = resolve_device(params["device"])
-    res = _kind(params, args.experiment).train(params, args.experiment, args.method, PROCESSED, EPISODES,
-                MODELS / args.experiment / args.method, METRICS / "runs" / args.experiment / args.method, device)
+    study, layout = _setup(args)
+    device = _device(study)
+    res = stages.train(study.run(args.experiment, args.method), layout, device)
     print(f"trained {args.experiment}/{args.method} on {device}: {res}")
 
 
 def cmd_evaluate(args):
-    from mtml.utils import resolve_device
+    from mtml import stages
 
-    params = _setup(args)
-    device = resolve_device(params["device"])
-    rows = _kind(params, args.experiment).evaluate(params, args.experiment, args.method, MODELS / args.experiment / args.method / "model.pt",
-                    PROCESSED, EPISODES, METRICS / "runs" / args.experiment / args.method, device)
+    study, layout = _setup(args)
+    rows = stages.evaluate(study.run(args.experiment, args.method), layout, _device(study))
     for r in rows:
         print(f"{r['experiment']}/{r['method']} {r['split']}:{r['dataset']} "
               f"{r['accuracy']:.2f} ± {r['ci95']:.2f} (NIL {r['nil_accuracy']:.2f})")
 
 
 def cmd_aggregate(args):
-    from mtml.analysis.aggregate import aggregate, print_table
+    from mtml import stages
+    from mtml.analysis.aggregate import print_table
 
-    params = _setup(args)
-    print_table(aggregate(params, METRICS))
+    study, layout = _setup(args)
+    print_table(stages.aggregate(study, layout))
 
 
 def cmd_analyse(args):
-    from mtml.analysis.registry import ANALYSES
+    from mtml import stages
 
-    params = _setup(args)
-    if args.name not in ANALYSES:
-        raise UserError(f"analysis {args.name!r} is unknown; allowed: {', '.join(sorted(ANALYSES))}")
-    from mtml.utils import atomic_path
-
-    with atomic_path(METRICS / "analysis" / args.name) as tmp:
-        tmp.mkdir()
-        ANALYSES[args.name](params, METRICS, tmp)
-    print(f"wrote {METRICS / 'analysis' / args.name}")
+    study, layout = _setup(args)
+    print(f"wrote {stages.analyse(study, layout, args.name)}")
 
 
 def cmd_benchmark(args):
     from mtml.benchmark import benchmark, print_benchmark, write_benchmark
 
-    params = _setup(args)
-    exp = args.experiment or next(iter(params["experiments"]))
-    result = benchmark(params, exp, args.iterations, args.episodes)
+    study, layout = _setup(args)
+    exp = args.experiment or study.experiments[0]
+    result = benchmark(study, layout, exp, args.iterations, args.episodes)
     print_benchmark(result)
     out = args.out or f"bench/benchmark-{result['device'].split(':')[0]}.json"
     write_benchmark(result, out)
@@ -110,8 +96,16 @@ def cmd_benchmark(args):
 
 
 def cmd_validate(args):
-    _setup(args)
-    print("params OK")
+    study, _ = _setup(args)
+    print(f"params OK: study {study.name!r}")
+
+
+def cmd_dvc_yaml(args):
+    from mtml.workflow_dvc import write_dvc_yaml
+
+    study, layout = _setup(args)
+    path = write_dvc_yaml(layout, args.params)
+    print(f"wrote {path} for study {study.name!r}")
 
 
 def cmd_schema(args):
@@ -128,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--params", nargs="+", default=["params.yaml"],
                         help="params files; later ones override earlier ones (default: params.yaml)")
     common.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: params 'threads')")
+    common.add_argument("--dvc", action="store_true",
+                        help="called by dvc.yaml: first check that dvc.yaml was generated from these params")
     sub = parser.add_subparsers(dest="stage", required=True)
     p = sub.add_parser("prepare", parents=[common], help="download or generate a dataset, then split it")
     p.add_argument("--dataset", required=True)
@@ -143,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     p = sub.add_parser("aggregate", parents=[common], help="summary.json, tables and plots")
     p.set_defaults(func=cmd_aggregate)
-    p = sub.add_parser("analyse", parents=[common], help="draw one analysis (figures under metrics/analysis/)")
+    p = sub.add_parser("analyse", parents=[common], help="draw one analysis (under metrics/<study>/analysis/)")
     p.add_argument("--name", required=True)
     p.set_defaults(func=cmd_analyse)
     p = sub.add_parser("benchmark", parents=[common], help="iterations/s and episodes/s of each method")
@@ -154,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
     p = sub.add_parser("validate", parents=[common], help="check params and exit")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("dvc-yaml", parents=[common], help="write dvc.yaml for the params (after editing them)")
+    p.set_defaults(func=cmd_dvc_yaml)
     p = sub.add_parser("schema", help="print the params JSON Schema, every declared option included")
     p.set_defaults(func=cmd_schema)
     return parser

@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from mtml.errors import UserError
+from mtml.study import Study, study_name
 
 SCHEMA_RESOURCE = "params.schema.yaml"
 
@@ -106,7 +107,13 @@ def validate(params: dict) -> dict:
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         raise UserError(_message(errors[0], schema))
+    # An experiment's `training` block overrides only the keys it names: keep the schema's
+    # defaults out of it, or they would replace the top-level values.
+    overrides = {n: dict(e["training"]) for n, e in params["experiments"].items()
+                 if isinstance(e, dict) and isinstance(e.get("training"), dict)}
     _fill_defaults(params, schema, schema)
+    for name, given in overrides.items():
+        params["experiments"][name]["training"] = given
     datasets = params["datasets"]
     for name, exp in params["experiments"].items():
         for key_name, names in (("dataset", [exp["dataset"]]), ("modes", exp["modes"]),
@@ -116,13 +123,6 @@ def validate(params: dict) -> dict:
                     continue
                 key = f"experiments.{name}.{key_name}"
                 raise UserError(f"params key '{key}' names dataset {ds!r}; defined datasets: {', '.join(datasets)}")
-    from mtml.kinds import KINDS
-    from mtml.methods import resolve_hparams
-
-    for name, exp in params["experiments"].items():
-        if exp["kind"] not in KINDS:
-            raise UserError(f"params key 'experiments.{name}.kind' is {exp['kind']!r}; allowed: {', '.join(sorted(KINDS))}")
-        KINDS[exp["kind"]].check(params, name)
     from mtml.analysis.registry import ANALYSES
     from mtml.data.sources import check_dataset
 
@@ -130,6 +130,7 @@ def validate(params: dict) -> dict:
         ANALYSES.check(a, f"analyses[{i}]")
     for name, config in datasets.items():
         check_dataset(name, config)
+    from mtml.methods import resolve_hparams
 
     for name, hp in params["methods"].items():
         resolve_hparams(name, hp or {})
@@ -140,14 +141,14 @@ def validate(params: dict) -> dict:
     return params
 
 
-def load(paths) -> dict:
-    """Load one or more params files (later ones override earlier ones) and validate."""
+def read(paths) -> dict:
+    """Load one or more params files (later ones override earlier ones), unvalidated."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     merged: dict = {}
     for p in paths:
         merged = deep_merge(merged, read_file(p))
-    return validate(merged)
+    return merged
 
 
 def _duplicates(node: yaml.Node, path: str, p: Path) -> None:
@@ -186,33 +187,22 @@ def read_file(p) -> dict:
     return data
 
 
-def training_config(params: dict, experiment: str) -> dict:
-    """Top-level training block with the experiment's overrides applied."""
-    return {**params["training"], **params["experiments"][experiment].get("training", {})}
+def study(params: dict, files=()) -> Study:
+    """The `Study` of a params dict (validated here) read from `files`."""
+    params = validate(params)
+    return Study(params, study_name(params, files), tuple(map(str, files)))
 
 
-def experiment(params: dict, name: str) -> dict:
-    if name not in params["experiments"]:
-        raise UserError(f"experiment {name!r} is not in params; defined: {', '.join(params['experiments'])}")
-    return params["experiments"][name]
-
-
-def method(params: dict, name: str, experiment_name: str | None = None) -> dict:
-    """A method's hyperparameters as params give them; for an experiment, with that
-    experiment's overrides (`experiments.<experiment>.methods.<name>`) applied on top."""
-    if name not in params["methods"]:
-        raise UserError(f"method {name!r} is not in params; defined: {', '.join(params['methods'])}")
-    hp = dict(params["methods"][name] or {})
-    if experiment_name is not None:
-        hp.update(experiment(params, experiment_name).get("methods", {}).get(name) or {})
-    return hp
+def load(paths) -> Study:
+    """Load, validate and resolve params files into a `Study` (its name: `study:`, else the
+    last file's stem; params.yaml is the study `default`)."""
+    files = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return study(read(files), files)
 
 
 def _check_method_overrides(params: dict) -> None:
-    """Experiment-level method overrides name defined methods and valid keys, and every
-    task-attention method's batch width matches the meta-batch it will be trained with."""
-    from mtml.methods import resolve_hparams
-
+    """Experiment-level method overrides name defined methods and keep their algorithm (their
+    values are checked when the study resolves each run)."""
     for exp_name, exp in params["experiments"].items():
         for meth, over in exp.get("methods", {}).items():
             key = f"experiments.{exp_name}.methods.{meth}"
@@ -222,22 +212,10 @@ def _check_method_overrides(params: dict) -> None:
             if "algorithm" in (over or {}):
                 raise UserError(f"params key '{key}.algorithm': an experiment may change a method's "
                                 f"hyperparameters, not its algorithm; define another method instead")
-            try:
-                resolve_hparams(meth, method(params, meth, exp_name))
-            except UserError as err:
-                raise UserError(f"{err} (as overridden by '{key}')") from None
-        batch = training_config(params, exp_name)["meta_batch"]
-        for meth in params["methods"]:
-            cls, hp = resolve_hparams(meth, method(params, meth, exp_name))
-            if "meta_batch" in cls.defaults and hp["meta_batch"] != batch:
-                raise UserError(
-                    f"params key 'methods.{meth}.meta_batch' is {hp['meta_batch']} but experiment "
-                    f"{exp_name!r} trains with meta-batches of {batch} (training.meta_batch): a "
-                    f"{cls.algorithm} method's attention network weighs exactly meta_batch tasks; "
-                    f"set both to the same number")
 
 
-def experiment_datasets(params: dict, name: str) -> list[str]:
-    """Every dataset an experiment reads: its dataset, its modes, its cross-domain sets."""
-    exp = experiment(params, name)
-    return list(dict.fromkeys([exp["dataset"], *exp["modes"], *exp["cross_domain"]]))
+def experiment(params: dict, name: str) -> dict:
+    """An experiment's validated params entry (for the kinds' option checks)."""
+    if name not in params["experiments"]:
+        raise UserError(f"experiment {name!r} is not in params; defined: {', '.join(params['experiments'])}")
+    return params["experiments"][name]

@@ -5,64 +5,56 @@ localrules:
 
 rule aggregate:
     input:
-        [
-            f"metrics/runs/{e}/{m}/{f}"
-            for e in EXPERIMENTS
-            for m in METHODS
-            for f in (
-                "eval.json",
-                "train_log.csv",
-                "timing_train.json",
-                "timing_eval.json",
-            )
-        ],
+        [s(p) for e in STUDY.experiments for m in STUDY.methods for p in LAYOUT.run_files(e, m)],
     output:
-        summary="metrics/summary.json",
+        summary=s(LAYOUT.summary("summary.json")),
         table=report(
-            "metrics/summary.md",
+            s(LAYOUT.summary("summary.md")),
             caption="../report/summary.rst",
             category="Results",
         ),
         accuracy=report(
-            "metrics/plots/accuracy.png",
+            s(LAYOUT.summary("plots/accuracy.png")),
             caption="../report/accuracy.rst",
             category="Results",
         ),
         curves=report(
-            "metrics/plots/val_curves.png",
+            s(LAYOUT.summary("plots/val_curves.png")),
             caption="../report/val_curves.rst",
             category="Training",
         ),
     log:
-        "logs/aggregate.log",
+        s(LAYOUT.log("aggregate", "aggregate")),
     conda:
         CONDA_ENV
     threads: 1
     params:
-        experiments=EXPERIMENTS,
-        methods=METHODS,
+        experiments=STUDY.experiments,
+        methods=STUDY.methods,
     shell:
         f"python -m mtml aggregate --params {PARAMS} --threads 1 > {{log}} 2>&1"
 
 
+# An analysis reads the summary, the runs' files, the models and the manifests.
 rule analyse:
     input:
-        "metrics/summary.json",
+        [s(p) for p in analysis_inputs(LAYOUT) if p != LAYOUT.metrics / "runs"],
+        [s(p) for e in STUDY.experiments for m in STUDY.methods for p in LAYOUT.run_files(e, m)],
     output:
         report(
-            directory("metrics/analysis/{analysis}"),
+            directory(s(LAYOUT.analysis("{analysis}"))),
             patterns=["{figure}.png", "{table}.md"],
             caption="../report/analysis.rst",
             category="Analyses",
             subcategory="{analysis}",
         ),
     log:
-        "logs/analyse/{analysis}.log",
+        s(LAYOUT.log("analyse", "{analysis}")),
     conda:
         CONDA_ENV
     threads: 1
     params:
-        experiments=EXPERIMENTS,
-        methods=METHODS,
+        experiments=STUDY.experiments,
+        methods=STUDY.methods,
     shell:
         f"python -m mtml analyse --params {PARAMS} --name {{wildcards.analysis}} --threads 1 > {{log}} 2>&1"

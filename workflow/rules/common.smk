@@ -1,41 +1,44 @@
 import os
 import re
-
-from snakemake.utils import min_version, validate
-
 import tempfile
 
 import yaml
+from snakemake.utils import min_version, validate
 
 from mtml.errors import UserError
-from mtml.params import experiment_datasets as mtml_experiment_datasets
+from mtml.layout import EVAL_FILES, TRAIN_FILES, Layout
 from mtml.params import params_schema as mtml_params_schema
 from mtml.params import read_file as mtml_read_file
-from mtml.params import validate as mtml_validate
+from mtml.params import study as mtml_study
+from mtml.workflow_dvc import analysis_inputs
 
 min_version("8.10")
 
-# Our one-line checks first (the files Snakemake read, re-read for repeated keys, which YAML
-# silently drops; then the schema, the names that link sections and every declared method
-# hyperparameter and dataset option): the same ones every `python -m mtml` stage runs. Then
-# Snakemake's own schema check with the generated schema (it takes a file, not a dict; no
-# defaults filled: the config stays what our validate returns, which the stages see too).
+# Jobs read the same files Snakemake read (params.yaml, or the --configfile ones instead), so
+# a stage sees exactly this config. (--config key=value would not reach the stages.)
+PARAMS_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params.yaml"]
+PARAMS = " ".join(PARAMS_FILES)
+
+# Our one-line checks first, the same every `python -m mtml` stage runs: the files Snakemake
+# read, re-read for repeated keys (YAML silently keeps the last), then the study (schema, names,
+# every declared method hyperparameter and dataset option; every kind setting and run resolved
+# once). Then Snakemake's own schema check (with defaults) against the generated schema, every
+# declared option included; it takes a file, not a dict.
 try:
-    for _file in workflow.overwrite_configfiles or ["params.yaml"]:
+    for _file in PARAMS_FILES:
         mtml_read_file(_file)
-    _validated = mtml_validate(config)
+    STUDY = mtml_study(config, PARAMS_FILES)
 except UserError as err:
     raise WorkflowError(f"params: {err}")
-config.clear()  # in place: Snakemake's own reference to the config sees the defaults too
-config.update(_validated)
 with tempfile.NamedTemporaryFile("w", suffix=".schema.yaml") as _schema:
     yaml.safe_dump(mtml_params_schema(), _schema)
     _schema.flush()
-    validate(config, _schema.name, set_default=False)
-
-# Jobs read the same files Snakemake read (params.yaml, or the --configfile ones instead), so
-# a stage sees exactly this config. (--config key=value would not reach the stages.)
-PARAMS = " ".join(map(str, workflow.overwrite_configfiles)) or "params.yaml"
+    validate(config, _schema.name)
+# Every path comes from the study's layout (the one place that names them; dvc.yaml is
+# generated from it too). Paths with "{wildcard}" names are the rules' patterns.
+LAYOUT = Layout(".", STUDY)
+# The study's name for the report's captions (jobs read the params files, not this dict).
+config["study"] = STUDY.name
 
 # PARAMS and TORCH_THREADS are constants of a run, written into the shell commands when the
 # workflow is read (f-strings), not `params:`: those would rerun every job when merely the list
@@ -45,22 +48,26 @@ PARAMS = " ".join(map(str, workflow.overwrite_configfiles)) or "params.yaml"
 # otherwise jobs run the `python` on PATH (the activated .venv).
 CONDA_ENV = "../envs/mtml.yaml"
 
-DATASETS = list(config["datasets"])
-EXPERIMENTS = list(config["experiments"])
-METHODS = list(config["methods"])
-ANALYSES = list(config["analyses"])
+
+def s(path):
+    return str(path)
+
+
+def choice(names):
+    return "|".join(map(re.escape, names))
 
 
 wildcard_constraints:
-    dataset="|".join(map(re.escape, DATASETS)),
-    experiment="|".join(map(re.escape, EXPERIMENTS)),
-    method="|".join(map(re.escape, METHODS)),
+    dataset=choice(STUDY.datasets),
+    experiment=choice(STUDY.experiments),
+    method=choice(STUDY.methods),
+    key="[0-9a-f]{10}",
 
 
 def _uses_gpu():
-    if config["device"] == "cpu":
+    if STUDY.device == "cpu":
         return 0
-    if config["device"] == "cuda":
+    if STUDY.device == "cuda":
         return 1
     import torch
 
@@ -72,48 +79,36 @@ GPU = _uses_gpu()
 # changes float reduction order, and the same params must give the same numbers. With --cores
 # above the machine's CPUs (e.g. --cores 8 on a 2-core laptop) each job declares
 # proportionally more threads, so Snakemake never starts more concurrent work than there are CPUs.
-TORCH_THREADS = config["threads"]
+TORCH_THREADS = STUDY.threads
 # (No --cores on a cluster run, where workflow.cores would raise.)
 _cores = workflow.resource_settings.cores
 _scale = max(1, (_cores or 0) // (os.cpu_count() or 1)) if _cores else 1
 JOB_THREADS = TORCH_THREADS * _scale
 
 
-def run_dir(root, w):
-    return f"{root}/{w.experiment}/{w.method}"
-
-
 def experiment_datasets(w):
-    return [
-        f"data/processed/{d}" for d in mtml_experiment_datasets(config, w.experiment)
-    ]
+    return [s(LAYOUT.prepared(d)) for d in STUDY.experiment(w.experiment).datasets]
 
 
-# What train/evaluate read: their `params:` (workflow/rules/meta.smk).
+def experiment_episodes(w):
+    return s(LAYOUT.episodes(w.experiment))
+
+
+# What train/evaluate read: their `params:` (workflow/rules/meta.smk), resolved (every
+# override applied), so a change of exactly these reruns a run.
 def run_settings(w):
+    run = STUDY.run(w.experiment, w.method)
     return {
-        "method": config["methods"][w.method],
-        "experiment": config["experiments"][w.experiment],
-        "training": config["training"],
-        "seed": config["seed"],
-        "device": config["device"],
+        "algorithm": run.cls.algorithm,
+        "hparams": run.hparams,
+        "experiment": run.experiment.config,
+        "training": run.training,
+        "seed": STUDY.seed,
+        "device": STUDY.device,
     }
 
 
-def run_outputs(exp, meth):
-    return [
-        f"models/{exp}/{meth}/model.pt",
-        f"metrics/runs/{exp}/{meth}/train_log.csv",
-        f"metrics/runs/{exp}/{meth}/eval.json",
-    ]
-
-
-ALL_OUTPUTS = [f"metrics/analysis/{a}" for a in ANALYSES] + [
-    "metrics/summary.json",
-    "metrics/summary.md",
-    "metrics/plots/accuracy.png",
-    "metrics/plots/val_curves.png",
-]
+ALL_OUTPUTS = [s(p) for p in LAYOUT.final_outputs()]
 
 
 # A SLURM run needs a partition and an account: workflow/profiles/slurm takes them from
@@ -127,8 +122,6 @@ SLURM_SETTINGS = {
         "`sacctmgr show assoc user=$USER` lists accounts",
     ),
 }
-
-
 def check_slurm_resources():
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":

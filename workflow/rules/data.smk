@@ -1,14 +1,14 @@
 rule prepare:
     output:
-        directory("data/processed/{dataset}"),
+        directory(s(LAYOUT.prepared_path("{dataset}", "{key}"))),
     log:
-        "logs/prepare/{dataset}.log",
+        s(LAYOUT.log("prepare", "{dataset}-{key}")),
     conda:
         CONDA_ENV
     threads: JOB_THREADS
     params:
-        dataset=lambda w: config["datasets"][w.dataset],
-        seed=config["seed"],
+        dataset=lambda w: STUDY.dataset(w.dataset),
+        seed=STUDY.seed,
     shell:
         f"python -m mtml prepare --params {PARAMS} --dataset {{wildcards.dataset}}"
         f" --threads {TORCH_THREADS} > {{log}} 2>&1"
@@ -18,17 +18,15 @@ rule episodes:
     input:
         experiment_datasets,
     output:
-        directory("data/episodes/{experiment}"),
+        directory(s(LAYOUT.episodes_path("{experiment}", "{key}"))),
     log:
-        "logs/episodes/{experiment}.log",
+        s(LAYOUT.log("episodes", "{experiment}-{key}")),
     conda:
         CONDA_ENV
     threads: 1
     params:
-        experiment=lambda w: config["experiments"][w.experiment],
-        evaluation=config["evaluation"],
-        training=config["training"],
-        seed=config["seed"],
+        experiment=lambda w: STUDY.experiment(w.experiment).episode_inputs(),
+        seed=STUDY.seed,
     shell:
         f"python -m mtml episodes --params {PARAMS} --experiment {{wildcards.experiment}}"
         " --threads 1 > {log} 2>&1"

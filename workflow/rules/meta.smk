@@ -1,18 +1,16 @@
 # Train and evaluate one method on one experiment. Their `params:` are exactly the settings
 # the stage reads, so changing one method's hyperparameter reruns only that method.
+RUN = {"experiment": "{experiment}", "method": "{method}"}
 
 
 rule train:
     input:
-        "data/episodes/{experiment}",
+        experiment_episodes,
     output:
-        model="models/{experiment}/{method}/model.pt",
-        log="metrics/runs/{experiment}/{method}/train_log.csv",
-        summary="metrics/runs/{experiment}/{method}/train.json",
-        timing="metrics/runs/{experiment}/{method}/timing_train.json",
-        trace="metrics/runs/{experiment}/{method}/trace.jsonl",
+        model=s(LAYOUT.model(**RUN)),
+        files=[s(p) for p in LAYOUT.run_files(**RUN, names=TRAIN_FILES)],
     log:
-        "logs/train/{experiment}/{method}.log",
+        s(LAYOUT.log("train", "{experiment}", "{method}")),
     conda:
         CONDA_ENV
     threads: JOB_THREADS
@@ -27,14 +25,12 @@ rule train:
 
 rule evaluate:
     input:
-        episodes="data/episodes/{experiment}",
-        model="models/{experiment}/{method}/model.pt",
+        episodes=experiment_episodes,
+        model=s(LAYOUT.model(**RUN)),
     output:
-        summary="metrics/runs/{experiment}/{method}/eval.json",
-        episodes="metrics/runs/{experiment}/{method}/episodes.csv",
-        timing="metrics/runs/{experiment}/{method}/timing_eval.json",
+        [s(p) for p in LAYOUT.run_files(**RUN, names=EVAL_FILES)],
     log:
-        "logs/evaluate/{experiment}/{method}.log",
+        s(LAYOUT.log("evaluate", "{experiment}", "{method}")),
     conda:
         CONDA_ENV
     threads: JOB_THREADS
@@ -42,7 +38,7 @@ rule evaluate:
         gpu=GPU,
     params:
         settings=run_settings,
-        evaluation=config["evaluation"],
+        evaluation=STUDY.params["evaluation"],
     shell:
         f"python -m mtml evaluate --params {PARAMS} --experiment {{wildcards.experiment}}"
         f" --method {{wildcards.method}} --threads {TORCH_THREADS} > {{log}} 2>&1"

@@ -1,4 +1,4 @@
-"""Aggregate every run's evaluation into metrics/summary.json, a markdown table and plots."""
+"""Aggregate every run of a study into metrics/<study>/summary.json, a markdown table and plots."""
 
 from __future__ import annotations
 
@@ -35,17 +35,28 @@ class SummaryRows(pa.DataFrameModel):
 def _read_json(path: Path):
     if not path.exists():
         raise UserError(f"{path} is missing; run the train and evaluate stages for it first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); delete it and rerun the stage that writes it") from None
 
 
-def collect(params: dict, metrics_root: Path) -> pd.DataFrame:
+def collect(study, layout) -> pd.DataFrame:
+    """Every run's eval.json rows with its timings; every row the study implies must be there."""
     rows = []
-    for exp in params["experiments"]:
-        for meth in params["methods"]:
-            run = Path(metrics_root) / "runs" / exp / meth
-            timing = {**_read_json(run / "timing_train.json"), **_read_json(run / "timing_eval.json")}
-            for row in _read_json(run / "eval.json"):
-                rows.append({**row, **timing})
+    for run in study.runs():
+        exp, meth = run.experiment.name, run.method
+        run_dir = layout.run_dir(exp, meth)
+        timing = {**_read_json(run_dir / "timing_train.json"), **_read_json(run_dir / "timing_eval.json")}
+        found = _read_json(run_dir / "eval.json")
+        got = {(r.get("split"), r.get("dataset")) for r in found if isinstance(r, dict)}
+        missing = sorted(run.experiment.kind.expected_rows(study, run.experiment) - got)
+        if missing:
+            raise UserError(f"{run_dir / 'eval.json'} lacks the {missing[0][0]} row of dataset "
+                            f"{missing[0][1]!r} for {exp}/{meth}; rerun its evaluate stage "
+                            f"(python -m mtml evaluate --experiment {exp} --method {meth})")
+        for row in found:
+            rows.append({**row, **timing})
     frame = pd.DataFrame(rows)
     try:
         return SummaryRows.validate(frame, lazy=True)
@@ -93,17 +104,17 @@ def plot_accuracy(frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_val_curves(params: dict, metrics_root: Path, path: Path) -> None:
+def plot_val_curves(study, layout, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    exps = list(params["experiments"])
+    exps = study.experiments
     fig, axes = plt.subplots(1, len(exps), figsize=(5 * len(exps), 3.6), squeeze=False)
     for ax, exp in zip(axes[0], exps):
-        for meth in params["methods"]:
-            log = pd.read_csv(Path(metrics_root) / "runs" / exp / meth / "train_log.csv").dropna(subset=["val_accuracy"])
+        for meth in study.methods:
+            log = pd.read_csv(layout.run_dir(exp, meth) / "train_log.csv").dropna(subset=["val_accuracy"])
             if len(log):
                 ax.plot(log["iteration"], log["val_accuracy"], marker="o", ms=3, label=meth)
         ax.set_title(f"{exp}: validation accuracy", fontsize=9)
@@ -116,16 +127,16 @@ def plot_val_curves(params: dict, metrics_root: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def aggregate(params: dict, metrics_root: Path) -> pd.DataFrame:
-    metrics_root = Path(metrics_root)
-    frame = collect(params, metrics_root)
+def aggregate(study, layout) -> pd.DataFrame:
+    metrics_root = layout.metrics
+    frame = collect(study, layout)
     # Keyed rows: `dvc metrics diff` then reads e.g. "glyphs-5w1s/maml/test/glyphs.accuracy".
     summary = {f"{r['experiment']}/{r['method']}/{r['split']}/{r['dataset']}": r
                for r in frame.to_dict("records")}
-    write_json(metrics_root / "summary.json", summary)
-    write_text(metrics_root / "summary.md", "# Results\n\n" + markdown_table(frame))
+    write_json(layout.summary("summary.json"), summary)
+    write_text(layout.summary("summary.md"), "# Results\n\n" + markdown_table(frame))
     plot_accuracy(frame, metrics_root / "plots" / "accuracy.png")
-    plot_val_curves(params, metrics_root, metrics_root / "plots" / "val_curves.png")
+    plot_val_curves(study, layout, metrics_root / "plots" / "val_curves.png")
     return frame
 
 

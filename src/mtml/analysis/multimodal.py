@@ -20,10 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from mtml.analysis.aggregate import collect
-from mtml.analysis.registry import register_analysis
 from mtml.errors import UserError
 from mtml.evaluation.stats import mean_ci95
-from mtml.multimodal.evaluate import ALL
+from mtml.kinds.multimodal import ALL
 from mtml.utils import atomic_path, write_text
 
 # algorithm -> the algorithm it modulates or splits per mode
@@ -31,15 +30,15 @@ BASES = {"multi-maml": "maml", "mmaml": "maml", "mmaml-kml": "maml",
          "multi-protonet": "protonet", "mprotonet": "protonet", "mprotonet-kml": "protonet"}
 
 
-def _multimodal_experiments(params: dict) -> list[str]:
-    exps = [e for e, c in params["experiments"].items() if c["kind"] == "multimodal"]
+def _multimodal_experiments(study) -> list[str]:
+    exps = [e for e in study.experiments if study.experiment(e).kind.name == "multimodal"]
     if not exps:
         raise UserError("analysis 'multimodal-table' needs an experiment of kind multimodal in params 'experiments'")
     return exps
 
 
-def _episodes(metrics_root: Path, exp: str, meth: str) -> pd.DataFrame:
-    path = Path(metrics_root) / "runs" / exp / meth / "episodes.csv"
+def _episodes(layout, exp: str, meth: str) -> pd.DataFrame:
+    path = layout.run_dir(exp, meth) / "episodes.csv"
     if not path.exists():
         raise UserError(f"{path} is missing; run the evaluate stage of {exp}/{meth} first")
     return pd.read_csv(path)
@@ -57,7 +56,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float, i
     return mean, ci, len(merged)
 
 
-def differences(params: dict, metrics_root: Path, frame: pd.DataFrame) -> pd.DataFrame:
+def differences(layout, frame: pd.DataFrame) -> pd.DataFrame:
     """Paired differences of each method with a base (BASES) against the first method of
     that base algorithm in params, per mode and over all modes."""
     rows = []
@@ -67,7 +66,7 @@ def differences(params: dict, metrics_root: Path, frame: pd.DataFrame) -> pd.Dat
             base = next((m for m, a in algorithms.items() if a == BASES.get(alg)), None)
             if base is None:
                 continue
-            mine, theirs = _episodes(metrics_root, exp, meth), _episodes(metrics_root, exp, base)
+            mine, theirs = _episodes(layout, exp, meth), _episodes(layout, exp, base)
             for dataset in [*dict.fromkeys(mine["dataset"]), ALL]:
                 if dataset == ALL:
                     a, b = mine, theirs
@@ -79,15 +78,15 @@ def differences(params: dict, metrics_root: Path, frame: pd.DataFrame) -> pd.Dat
     return pd.DataFrame(rows, columns=["experiment", "method", "base", "dataset", "episodes", "difference", "ci95"])
 
 
-def markdown(params: dict, frame: pd.DataFrame, diffs: pd.DataFrame) -> str:
+def markdown(study, frame: pd.DataFrame, diffs: pd.DataFrame) -> str:
     lines = ["# Multimodal results", "",
              "Test accuracy (%) ± 95% CI over the fixed episodes of each mode (the same episodes for every "
              "method), and over all modes together.", ""]
     for exp, g in frame.groupby("experiment", sort=False):
-        cfg = params["experiments"][exp]
+        e = study.experiment(exp)
         modes = [d for d in dict.fromkeys(g["dataset"]) if d != ALL]
         total = int(g.loc[g["dataset"] == ALL, "episodes"].iloc[0])
-        lines += [f"## {exp}: {cfg['ways']}-way {cfg['shots']}-shot", "",
+        lines += [f"## {exp}: {e.ways}-way {e.shots}-shot", "",
                   "| method | algorithm | " + " | ".join(modes) + f" | all modes ({total} episodes) |",
                   "|---" * (len(modes) + 3) + "|"]
         for meth, m in g.groupby("method", sort=False):
@@ -107,12 +106,11 @@ def markdown(params: dict, frame: pd.DataFrame, diffs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-@register_analysis("multimodal-table")
-def multimodal_table(params: dict, metrics_root: Path, out_dir: Path) -> None:
-    exps = _multimodal_experiments(params)
-    frame = collect(params, metrics_root)
+def multimodal_table(study, layout, out_dir: Path) -> None:
+    exps = _multimodal_experiments(study)
+    frame = collect(study, layout)
     frame = frame[frame["experiment"].isin(exps)].reset_index(drop=True)
-    diffs = differences(params, metrics_root, frame)
+    diffs = differences(layout, frame)
     out_dir = Path(out_dir)
     columns = ["experiment", "method", "algorithm", "dataset", "episodes", "accuracy", "ci95",
                "nil_accuracy", "nil_ci95"]
@@ -120,4 +118,4 @@ def multimodal_table(params: dict, metrics_root: Path, out_dir: Path) -> None:
         frame[columns].to_csv(tmp, index=False)
     with atomic_path(out_dir / "differences.csv") as tmp:
         diffs.to_csv(tmp, index=False)
-    write_text(out_dir / "table.md", markdown(params, frame, diffs))
+    write_text(out_dir / "table.md", markdown(study, frame, diffs))

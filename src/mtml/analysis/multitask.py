@@ -2,7 +2,7 @@
 
 - multitask-table: Table-1-shaped results: one row per method (algorithm, single/multi meta
   task, filters, loss weighting), per task the test "Acc" (classification: accuracy) and
-  MSE, from each run's multitask.json; plus the effect of uncertainty weighting for method
+  MSE, from each run's details.json; plus the effect of uncertainty weighting for method
   pairs that differ only in `loss_weighting`.
 - optimal-attention (section 5.3): freeze a trained AM / P-AM model and learn the channel
   weights w alone, by gradient descent on all the data of a test subtask (its support set
@@ -13,11 +13,12 @@
   per backbone block, per task; plus per-block statistics and how similar tasks' mean
   weights are.
 - multitask-speed: train time and inference time per subtask of the AM model against
-  MAML-style full adaptation (mt-maml) of the same backbone, on the same subtasks (the paper
-  reports 1.7x faster training and 2.3x faster inference than MAML).
+  MAML-style full adaptation (mt-maml) of the same backbone width, on the same subtasks, and
+  their parameter ratio (the paper reports 1.7x faster training and 2.3x faster inference
+  than MAML, with 1.1x its parameters).
 
-They read models/, data/processed/ and data/episodes/ beside `metrics_root` (the pipeline's
-layout) and write under `out_dir`.
+They read the study's models, prepared data and manifests through its `Layout` and write
+under `out_dir`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtml.analysis.registry import register_analysis
 from mtml.errors import UserError
 from mtml.utils import atomic_path, write_json, write_text
 
@@ -46,58 +46,49 @@ SPEED_SUBTASKS = 10       # timed test subtasks per task and learner
 # --------------------------------------------------------------------------- helpers
 
 
-def _multitask_experiments(params: dict, name: str) -> list[str]:
-    exps = [e for e, c in params["experiments"].items() if c["kind"] == "multitask"]
+def _multitask_experiments(study, name: str) -> list[str]:
+    exps = [e for e in study.experiments if study.experiment(e).kind.name == "multitask"]
     if not exps:
         raise UserError(f"analysis {name!r} needs an experiment of kind multitask in params 'experiments'")
     return exps
 
 
-def _hparams(params: dict, meth: str) -> tuple[type, dict]:
-    from mtml.methods import resolve_hparams
-
-    return resolve_hparams(meth, params["methods"][meth] or {})
-
-
-def _modulated_methods(params: dict, name: str) -> list[str]:
-    methods = [m for m in params["methods"] if _hparams(params, m)[0].modulator_cls is not None]
+def _modulated_methods(study, exp: str, name: str) -> list[str]:
+    methods = [m for m in study.methods if study.run(exp, m).cls.modulator_cls is not None]
     if not methods:
         raise UserError(f"analysis {name!r} needs a method with an attention modulator "
                         f"(algorithm mt-am or mt-pam) in params 'methods'")
     return methods
 
 
-def _run_file(metrics_root: Path, exp: str, meth: str, fname: str) -> Path:
-    path = Path(metrics_root) / "runs" / exp / meth / fname
+def _run_file(layout, exp: str, meth: str, fname: str) -> Path:
+    path = layout.run_dir(exp, meth) / fname
     if not path.exists():
         raise UserError(f"{path} is missing; run the train and evaluate stages of {exp}/{meth} first")
     return path
 
 
-def _trained(params: dict, exp: str, meth: str, metrics_root: Path):
-    from mtml.multitask.evaluate import load_learner
+def _trained(study, layout, exp: str, meth: str):
+    from mtml.stages import load_learner
 
-    path = Path(metrics_root).parent / "models" / exp / meth / "model.pt"
+    path = layout.model(exp, meth)
     if not path.exists():
         raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
-    return load_learner(params, exp, meth, path, torch.device("cpu"))
+    return load_learner(study.run(exp, meth), layout, torch.device("cpu"))
 
 
-def _bank(params: dict, exp: str, metrics_root: Path):
-    from mtml.data.storage import load_prepared
-    from mtml.multitask.config import multitask_config
-    from mtml.multitask.data import SceneBank
+def _bank(study, layout, exp: str):
+    from mtml.stages import load_banks
 
-    mt = multitask_config(params, exp)
-    data = load_prepared(Path(metrics_root).parent / "data" / "processed" / params["experiments"][exp]["dataset"])
-    return SceneBank(data, mt.tasks, torch.device("cpu")), mt
+    e = study.experiment(exp)
+    return load_banks(e, layout, [e.dataset], torch.device("cpu"))[e.dataset], e.settings
 
 
-def _test_manifest(metrics_root: Path, exp: str, task: str) -> pd.DataFrame:
-    from mtml.multitask.data import read_manifest
-    from mtml.multitask.episodes import manifest_path
+def _test_manifest(study, layout, exp: str, task: str) -> pd.DataFrame:
+    from mtml.stages import read_manifests
 
-    return read_manifest(manifest_path(Path(metrics_root).parent / "data" / "episodes", exp, "test", task))
+    e = study.experiment(exp)
+    return next(m for spec, m in read_manifests(e, layout, ("test",)) if spec.keys["task"] == task)
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -126,22 +117,24 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- table
 
 
-def variant(params: dict, meth: str) -> dict:
-    cls, hp = _hparams(params, meth)
+def variant(study, exp: str, meth: str) -> dict:
+    """A method's Table-1 columns, from the hyperparameters the run trained with."""
+    run = study.run(exp, meth)
+    cls, hp = run.cls, run.hparams
     return {"method": meth, "algorithm": cls.algorithm,
             "meta_tasks": "single" if hp.get("tasks") == "single" else "multi",
             "filters": hp.get("filters"), "loss_weighting": hp.get("loss_weighting"),
             "pretrained_heads": ",".join(hp.get("pretrained_heads", [])) or "-"}
 
 
-def results_table(params: dict, metrics_root: Path) -> pd.DataFrame:
+def results_table(study, layout) -> pd.DataFrame:
     rows = []
-    for exp in _multitask_experiments(params, "multitask-table"):
-        for meth in params["methods"]:
-            result = json.loads(_run_file(metrics_root, exp, meth, "multitask.json").read_text())
+    for exp in _multitask_experiments(study, "multitask-table"):
+        for meth in study.methods:
+            result = json.loads(_run_file(layout, exp, meth, "details.json").read_text())
             for r in result["rows"]:
                 if r["environment"] == "all":
-                    rows.append({"experiment": exp, **variant(params, meth), "split": r["split"],
+                    rows.append({"experiment": exp, **variant(study, exp, meth), "split": r["split"],
                                  "dataset": r["dataset"], "task": r["task"], "accuracy": r["accuracy"],
                                  "accuracy_ci95": r["accuracy_ci95"], "mse": r["mse"]})
     return pd.DataFrame(rows)
@@ -152,32 +145,38 @@ def _cell(r) -> str:
     return acc if pd.isna(r["mse"]) else f"{acc} / {r['mse']:.4f}"
 
 
-def uncertainty_effect(params: dict, frame: pd.DataFrame) -> list[dict]:
-    """Per task, uncertainty minus fixed weighting for method pairs equal in everything else."""
+def uncertainty_effect(study, frame: pd.DataFrame) -> list[dict]:
+    """Per task, uncertainty minus fixed weighting for method pairs equal in everything else
+    (as trained in each experiment, overrides included)."""
     out = []
-    configs = {m: {k: v for k, v in _hparams(params, m)[1].items() if k != "loss_weighting"}
-               for m in params["methods"]}
-    algos = {m: _hparams(params, m)[0].algorithm for m in params["methods"]}
-    for a in params["methods"]:
-        for b in params["methods"]:
-            va, vb = variant(params, a), variant(params, b)
-            if (va["loss_weighting"], vb["loss_weighting"]) != ("fixed", "uncertainty"):
-                continue
-            if configs[a] != configs[b] or algos[a] != algos[b]:
-                continue
-            merged = frame[frame["method"] == a].merge(frame[frame["method"] == b],
-                                                       on=["experiment", "split", "dataset", "task"])
-            for _, r in merged.iterrows():
-                out.append({"experiment": r["experiment"], "split": r["split"], "task": r["task"],
-                            "fixed": a, "uncertainty": b,
-                            "accuracy_change": round(r["accuracy_y"] - r["accuracy_x"], 4),
-                            "mse_change": None if pd.isna(r["mse_x"]) else round(r["mse_y"] - r["mse_x"], 6)})
+    for exp in dict.fromkeys(frame["experiment"]):
+        runs = {m: study.run(exp, m) for m in study.methods}
+        configs = {m: {k: v for k, v in r.hparams.items() if k != "loss_weighting"} for m, r in runs.items()}
+        for a in study.methods:
+            for b in study.methods:
+                if (runs[a].hparams["loss_weighting"], runs[b].hparams["loss_weighting"]) != ("fixed", "uncertainty"):
+                    continue
+                if configs[a] != configs[b] or runs[a].cls is not runs[b].cls:
+                    continue
+                mine = frame[frame["experiment"] == exp]
+                out += _effect_rows(mine, a, b)
     return out
 
 
-@register_analysis("multitask-table")
-def multitask_table(params: dict, metrics_root: Path, out_dir: Path) -> None:
-    frame = results_table(params, metrics_root)
+def _effect_rows(frame: pd.DataFrame, a: str, b: str) -> list[dict]:
+    out = []
+    merged = frame[frame["method"] == a].merge(frame[frame["method"] == b],
+                                               on=["experiment", "split", "dataset", "task"])
+    for _, r in merged.iterrows():
+        out.append({"experiment": r["experiment"], "split": r["split"], "task": r["task"],
+                    "fixed": a, "uncertainty": b,
+                    "accuracy_change": round(r["accuracy_y"] - r["accuracy_x"], 4),
+                    "mse_change": None if pd.isna(r["mse_x"]) else round(r["mse_y"] - r["mse_x"], 6)})
+    return out
+
+
+def multitask_table(study, layout, out_dir: Path) -> None:
+    frame = results_table(study, layout)
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "table.csv") as tmp:
         frame.to_csv(tmp, index=False)
@@ -185,7 +184,7 @@ def multitask_table(params: dict, metrics_root: Path, out_dir: Path) -> None:
              "Cells: Acc (%) ± 95% CI / MSE. Classification: query accuracy; depth: share of pixels "
              "with max(pred/true, true/pred) under the threshold; normals: share of pixels within "
              "the angle threshold; vanishing point: share of points within the angle threshold "
-             "(thresholds in each run's multitask.json).", ""]
+             "(thresholds in each run's details.json).", ""]
     for (exp, split, ds), g in frame.groupby(["experiment", "split", "dataset"], sort=False):
         tasks = list(dict.fromkeys(g["task"]))
         lines += [f"## {exp}: {split} ({ds})", "",
@@ -197,7 +196,7 @@ def multitask_table(params: dict, metrics_root: Path, out_dir: Path) -> None:
             lines.append(f"| {meth} | {v['algorithm']} | {v['meta_tasks']} | {v['filters']} | "
                          f"{v['loss_weighting']} | " + " | ".join(cells) + " |")
         lines.append("")
-    effect = uncertainty_effect(params, frame)
+    effect = uncertainty_effect(study, frame)
     if effect:
         lines += ["## Uncertainty weighting vs fixed weights (uncertainty minus fixed)", "",
                   "| experiment | split | task | fixed | uncertainty | Acc change | MSE change |",
@@ -248,22 +247,21 @@ def optimal_weights(learner, sub, steps: int, lr: float) -> torch.Tensor:
     return torch.tanh(v).detach()
 
 
-@register_analysis("optimal-attention")
-def optimal_attention(params: dict, metrics_root: Path, out_dir: Path) -> None:
+def optimal_attention(study, layout, out_dir: Path) -> None:
     from mtml.multitask.data import manifest_subtasks
 
     plt = _pyplot()
     torch.manual_seed(0)
     results = []
-    for exp in _multitask_experiments(params, "optimal-attention"):
-        bank, mt = _bank(params, exp, metrics_root)
-        for meth in _modulated_methods(params, "optimal-attention"):
-            learner = _trained(params, exp, meth, metrics_root)
+    for exp in _multitask_experiments(study, "optimal-attention"):
+        bank, mt = _bank(study, layout, exp)
+        for meth in _modulated_methods(study, exp, "optimal-attention"):
+            learner = _trained(study, layout, exp, meth)
             blocks = len(learner.backbone(mt.task_names[0]).blocks)
             fig, axes = plt.subplots(len(mt.tasks), blocks, figsize=(3.2 * blocks, 2.4 * len(mt.tasks)),
                                      squeeze=False)
             for ti, task in enumerate(mt.tasks):
-                manifest = _test_manifest(metrics_root, exp, task.name)
+                manifest = _test_manifest(study, layout, exp, task.name)
                 for n, (ep, sub) in enumerate(manifest_subtasks(bank, task, manifest)):
                     if n == OPTIMAL_SUBTASKS:
                         break
@@ -321,19 +319,18 @@ def predicted_weights(learner, bank, task, manifest: pd.DataFrame) -> tuple[np.n
     return np.stack(ws), envs
 
 
-@register_analysis("attention-weights")
-def attention_weights(params: dict, metrics_root: Path, out_dir: Path) -> None:
+def attention_weights(study, layout, out_dir: Path) -> None:
     plt = _pyplot()
     stats = []
-    for exp in _multitask_experiments(params, "attention-weights"):
-        bank, mt = _bank(params, exp, metrics_root)
-        for meth in _modulated_methods(params, "attention-weights"):
-            learner = _trained(params, exp, meth, metrics_root)
+    for exp in _multitask_experiments(study, "attention-weights"):
+        bank, mt = _bank(study, layout, exp)
+        for meth in _modulated_methods(study, exp, "attention-weights"):
+            learner = _trained(study, layout, exp, meth)
             blocks, channels = len(learner.backbone(mt.task_names[0]).blocks), learner.filters
             fig, axes = plt.subplots(len(mt.tasks), 1, figsize=(9, 2.2 * len(mt.tasks)), squeeze=False)
             means, arrays = {}, {}
             for ti, task in enumerate(mt.tasks):
-                w, envs = predicted_weights(learner, bank, task, _test_manifest(metrics_root, exp, task.name))
+                w, envs = predicted_weights(learner, bank, task, _test_manifest(study, layout, exp, task.name))
                 arrays[task.name] = w
                 means[task.name] = w.mean(0)
                 ax = axes[ti, 0]
@@ -362,32 +359,35 @@ def attention_weights(params: dict, metrics_root: Path, out_dir: Path) -> None:
 # --------------------------------------------------------------------------- speed
 
 
-def _speed_learners(params: dict, exp: str, mt, image_shape) -> dict[str, object]:
-    """The first AM method of params (a multi-meta-task one if any) and a MAML-style twin
-    (params' mt-maml, else one with the AM's backbone and inner-loop settings), plus the
-    first mt-anil for reference."""
+def _speed_learners(study, exp: str, image_shape) -> dict[str, object]:
+    """The first AM method of the study (a multi-meta-task one if any), a MAML-style method
+    of the same width and meta-task setting (the study's mt-maml if one matches, else a twin
+    with the AM's backbone and inner-loop settings), and the first mt-anil of that width for
+    reference: a speed ratio between backbones of different widths would measure the width."""
     from mtml.methods import resolve_hparams
-    from mtml.multitask.learners import MultiTaskAM, MultiTaskANIL, MultiTaskMAML
+    from mtml.methods.base import LearnerContext
+    from mtml.methods.multitask import MultiTaskAM, MultiTaskANIL, MultiTaskMAML
 
-    chosen: dict[str, tuple[str, type, dict]] = {}
-    methods = sorted(params["methods"], key=lambda m: _hparams(params, m)[1].get("tasks") != "multi")
-    for meth in methods:  # stable: multi-meta-task methods first, then params order
-        cls, hp = _hparams(params, meth)
-        for role, kind in (("am", MultiTaskAM), ("maml", MultiTaskMAML), ("anil", MultiTaskANIL)):
-            if cls is kind and role not in chosen:
-                chosen[role] = (meth, cls, hp)
-    if "am" not in chosen:
+    e = study.experiment(exp)
+    runs = sorted((study.run(exp, m) for m in study.methods), key=lambda r: r.hparams.get("tasks") != "multi")
+    am = next((r for r in runs if r.cls is MultiTaskAM), None)  # stable: multi first, then params order
+    if am is None:
         raise UserError("analysis 'multitask-speed' needs a method with algorithm mt-am in params 'methods'")
+    same = [r for r in runs if (r.hparams["filters"], r.hparams["tasks"]) == (am.hparams["filters"], am.hparams["tasks"])]
+    chosen = {"am": (am.method, am.cls, am.hparams)}
+    for role, kind in (("maml", MultiTaskMAML), ("anil", MultiTaskANIL)):
+        match = next((r for r in same if r.cls is kind), None)
+        if match is not None:
+            chosen[role] = (match.method, match.cls, match.hparams)
     if "maml" not in chosen:
-        am_hp = chosen["am"][2]
         keys = ("filters", "tasks", "inner_steps", "eval_inner_steps", "first_order", "inner_lr")
-        cls, hp = resolve_hparams("maml-twin", {"algorithm": "mt-maml", **{k: am_hp[k] for k in keys}})
+        cls, hp = resolve_hparams("maml-twin", {"algorithm": "mt-maml", **{k: am.hparams[k] for k in keys}})
         chosen["maml"] = ("mt-maml (built)", cls, hp)
-    ways = params["experiments"][exp]["ways"]
+    ctx = LearnerContext(tuple(image_shape), e.ways, tasks=tuple(e.settings.tasks))
     out = {}
     for role, (meth, cls, hp) in chosen.items():
         torch.manual_seed(0)
-        out[role] = (meth, cls(hp, image_shape, ways, mt.tasks))
+        out[role] = (meth, cls.from_context(dict(hp), ctx))
     return out
 
 
@@ -432,27 +432,27 @@ def time_learners(learners: dict[str, object], batches: list[dict], test_subtask
     return out
 
 
-@register_analysis("multitask-speed")
-def multitask_speed(params: dict, metrics_root: Path, out_dir: Path) -> None:
+def multitask_speed(study, layout, out_dir: Path) -> None:
     from mtml.multitask.data import SubtaskStream, manifest_subtasks
 
     plt = _pyplot()
     results = []
-    for exp in _multitask_experiments(params, "multitask-speed"):
-        bank, mt = _bank(params, exp, metrics_root)
+    for exp in _multitask_experiments(study, "multitask-speed"):
+        bank, mt = _bank(study, layout, exp)
         stream = SubtaskStream(bank, mt.tasks, mt.shape, seed=0)
         batches = [stream.batch(1) for _ in range(SPEED_REPEATS + 1)]
         tests = []
         for task in mt.tasks:
-            subs = manifest_subtasks(bank, task, _test_manifest(metrics_root, exp, task.name))
+            subs = manifest_subtasks(bank, task, _test_manifest(study, layout, exp, task.name))
             tests += [sub for _, (_, sub) in zip(range(SPEED_SUBTASKS), subs)]
-        chosen = _speed_learners(params, exp, mt, bank.image_shape)
+        chosen = _speed_learners(study, exp, bank.image_shape)
         load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         measured = time_learners({role: learner for role, (_, learner) in chosen.items()}, batches, tests)
         timings = {}
-        for role, (meth, _) in chosen.items():
-            timings[role] = {"method": meth, **measured[role]}
-            run = Path(metrics_root) / "runs" / exp / meth / "timing_train.json"
+        for role, (meth, learner) in chosen.items():
+            timings[role] = {"method": meth, "filters": learner.filters,
+                             "parameters": sum(p.numel() for p in learner.parameters()), **measured[role]}
+            run = layout.run_dir(exp, meth) / "timing_train.json"
             if run.exists():  # the real training run's wall time, for context
                 timings[role]["run_train_seconds"] = json.loads(run.read_text())["train_seconds"]
         am, maml = timings["am"], timings["maml"]
@@ -463,7 +463,8 @@ def multitask_speed(params: dict, metrics_root: Path, out_dir: Path) -> None:
             "train_speedup_am_vs_maml": round(maml["train_seconds_per_subtask"] / am["train_seconds_per_subtask"], 3),
             "inference_speedup_am_vs_maml": round(
                 maml["inference_seconds_per_subtask"] / am["inference_seconds_per_subtask"], 3),
-            "paper": {"train_speedup": 1.7, "inference_speedup": 2.3}})
+            "parameter_ratio_am_vs_maml": round(am["parameters"] / maml["parameters"], 3),
+            "paper": {"train_speedup": 1.7, "inference_speedup": 2.3, "parameter_ratio": 1.1}})
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
         for ax, key, title in ((axes[0], "train_seconds_per_subtask", "meta-training"),
                                (axes[1], "inference_seconds_per_subtask", "inference")):

@@ -1,18 +1,17 @@
-"""Analysis stages by name (figures and tables drawn from finished runs).
+"""Analysis stages by name (figures and tables drawn from a study's finished runs).
 
-An analysis is `fn(params, metrics_root: Path, out_dir: Path) -> None`; it writes under
-`metrics/analysis/<name>/`. `params['analyses']` lists which ones the pipeline runs.
-ANALYSES is the one table of them, resolved lazily: checking a name imports nothing.
+An analysis is `fn(study, layout, out_dir: Path) -> None`; the analyse stage gives it a
+temporary folder that becomes `metrics/<study>/analysis/<name>/`. `analyses:` in params lists
+which ones a study runs. ANALYSES is the one table of them (name -> "module:function"),
+resolved lazily, so checking a params file imports no analysis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
+from mtml.errors import UserError
 from mtml.registry import Registry
-
-AnalysisFn = Callable[[dict, Path, Path], None]
 
 ANALYSES = Registry("analysis", {
     "attention-trend": "mtml.analysis.task_attention:attention_trend",
@@ -28,12 +27,7 @@ ANALYSES = Registry("analysis", {
 })
 
 
-def register_analysis(name: str) -> Callable[[AnalysisFn], AnalysisFn]:
-    """Mark an analysis; it must be listed under `name` in ANALYSES (the one table)."""
-    def wrap(fn: AnalysisFn) -> AnalysisFn:
-        where = f"{fn.__module__}:{fn.__qualname__}"
-        if ANALYSES.table.get(name) != where:
-            raise RuntimeError(f"analysis {name!r} ({where}) is not listed so in mtml.analysis.registry.ANALYSES")
-        return fn
-
-    return wrap
+def get_analysis(name: str) -> Callable:
+    if name not in ANALYSES:
+        raise UserError(f"analysis {name!r} is unknown; allowed: {', '.join(ANALYSES.names())}")
+    return ANALYSES[name]

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtml.analysis.registry import register_analysis
 from mtml.errors import UserError
 from mtml.utils import atomic_path
 
@@ -29,30 +28,28 @@ META_INFORMATION = ("grad_norm", "query_loss", "query_acc", "loss_ratio")
 PAPER_SETTINGS = [(5, 1), (5, 5), (10, 1), (10, 5)]
 
 
-def _algorithm(params: dict, meth: str) -> str:
-    from mtml.methods import resolve_hparams
+def _cls(study, meth: str) -> type:
+    """The method's class (the same for every experiment: overrides change hyperparameters only)."""
+    return study.run(study.experiments[0], meth).cls
 
-    return resolve_hparams(meth, params["methods"][meth] or {})[0].algorithm
 
-
-def attention_methods(params: dict) -> list[str]:
-    """Methods of params trained with task attention (their algorithm wraps a base)."""
-    from mtml.methods import REGISTRY
+def attention_methods(study) -> list[str]:
+    """Methods of the study trained with task attention (their algorithm wraps a base)."""
     from mtml.methods.task_weighting import TaskAttention
 
-    return [m for m in params["methods"] if issubclass(REGISTRY[_algorithm(params, m)], TaskAttention)]
+    return [m for m in study.methods if issubclass(_cls(study, m), TaskAttention)]
 
 
-def _require_attention(params: dict, name: str) -> list[str]:
-    methods = attention_methods(params)
+def _require_attention(study, name: str) -> list[str]:
+    methods = attention_methods(study)
     if not methods:
         raise UserError(f"analysis {name!r} needs a task-attention method (algorithm ta-maml, ta-metasgd "
                         f"or ta-metalstm++) in params 'methods'; there is none")
     return methods
 
 
-def read_trace(metrics_root: Path, exp: str, meth: str) -> list[dict]:
-    path = Path(metrics_root) / "runs" / exp / meth / "trace.jsonl"
+def read_trace(layout, exp: str, meth: str) -> list[dict]:
+    path = layout.run_dir(exp, meth) / "trace.jsonl"
     if not path.exists():
         raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -99,18 +96,17 @@ def attention_extremes(records: list[dict]) -> pd.DataFrame:
                           "min_weight": min(r["weights"]), "tasks": len(r["weights"])} for r in records])
 
 
-@register_analysis("attention-trend")
-def attention_trend(params: dict, metrics_root: Path, out_dir: Path) -> None:
-    methods = _require_attention(params, "attention-trend")
+def attention_trend(study, layout, out_dir: Path) -> None:
+    methods = _require_attention(study, "attention-trend")
     plt = _pyplot()
-    exps = list(params["experiments"])
+    exps = study.experiments
     fig, axes = _grid(plt, len(exps))
     frames, lines = [], ["# Attention weights: largest and smallest per meta-batch", "",
                          "| experiment | method | tasks | max (first 10%) | max (last 10%) | min (first 10%) | min (last 10%) |",
                          "|---|---|---|---|---|---|---|"]
     for ax, exp in zip(axes, exps):
         for k, meth in enumerate(methods):
-            ext = attention_extremes(read_trace(metrics_root, exp, meth))
+            ext = attention_extremes(read_trace(layout, exp, meth))
             frames.append(ext.assign(experiment=exp, method=meth))
             colour = f"C{k}"
             ax.plot(ext["iteration"], ext["max_weight"], c=colour, lw=1, label=f"{meth} max")
@@ -162,18 +158,17 @@ def max_loss_rank(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@register_analysis("attention-correlation")
-def attention_correlation(params: dict, metrics_root: Path, out_dir: Path) -> None:
-    methods = _require_attention(params, "attention-correlation")
+def attention_correlation(study, layout, out_dir: Path) -> None:
+    methods = _require_attention(study, "attention-correlation")
     plt = _pyplot()
-    exps = list(params["experiments"])
+    exps = study.experiments
     corr_rows, rank_frames = [], []
     fig_a, axes_a = _grid(plt, len(exps))
     fig_b, axes_b = _grid(plt, len(exps))
     width = 0.8 / len(methods)
     for ax_a, ax_b, exp in zip(axes_a, axes_b, exps):
         for k, meth in enumerate(methods):
-            records = read_trace(metrics_root, exp, meth)
+            records = read_trace(layout, exp, meth)
             corr = component_correlations(records)
             means = [float(corr[c].mean()) for c in META_INFORMATION]  # NaN-skipping mean
             for comp, m in zip(META_INFORMATION, means):
@@ -227,29 +222,26 @@ def attention_correlation(params: dict, metrics_root: Path, out_dir: Path) -> No
 # ------------------------------------------------------------------------------- ta-curves
 
 
-def attention_pairs(params: dict) -> list[tuple[str, list[str]]]:
-    """(task-attended method, the methods of params running its base algorithm)."""
-    from mtml.methods import REGISTRY
-
+def attention_pairs(study) -> list[tuple[str, list[str]]]:
+    """(task-attended method, the methods of the study running its base algorithm)."""
     pairs = []
-    for meth in _require_attention(params, "ta-curves"):
-        base = REGISTRY[_algorithm(params, meth)].base_class.algorithm
-        pairs.append((meth, [m for m in params["methods"] if _algorithm(params, m) == base]))
+    for meth in _require_attention(study, "ta-curves"):
+        base = _cls(study, meth).base_class.algorithm
+        pairs.append((meth, [m for m in study.methods if _cls(study, m).algorithm == base]))
     return pairs
 
 
-def _val_log(metrics_root: Path, exp: str, meth: str) -> pd.DataFrame:
-    path = Path(metrics_root) / "runs" / exp / meth / "train_log.csv"
+def _val_log(layout, exp: str, meth: str) -> pd.DataFrame:
+    path = layout.run_dir(exp, meth) / "train_log.csv"
     if not path.exists():
         raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
     return pd.read_csv(path).dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]]
 
 
-@register_analysis("ta-curves")
-def ta_curves(params: dict, metrics_root: Path, out_dir: Path) -> None:
-    pairs = attention_pairs(params)
+def ta_curves(study, layout, out_dir: Path) -> None:
+    pairs = attention_pairs(study)
     plt = _pyplot()
-    exps = list(params["experiments"])
+    exps = study.experiments
     fig, axes = plt.subplots(len(exps), len(pairs), figsize=(4.6 * len(pairs), 3.4 * len(exps)), squeeze=False)
     frames, lines = [], ["# Validation accuracy with and without task attention", "",
                          "| experiment | method | with attention | best val accuracy (%) | at iteration |",
@@ -258,7 +250,7 @@ def ta_curves(params: dict, metrics_root: Path, out_dir: Path) -> None:
         for col, (ta, bases) in enumerate(pairs):
             ax = axes[row][col]
             for k, meth in enumerate([ta, *bases]):
-                log = _val_log(metrics_root, exp, meth)
+                log = _val_log(layout, exp, meth)
                 frames.append(log.assign(experiment=exp, method=meth))
                 ax.plot(log["iteration"], log["val_accuracy"], marker="o", ms=3, c=f"C{k}",
                         ls="-" if meth == ta else "--", label=meth)
@@ -280,14 +272,14 @@ def ta_curves(params: dict, metrics_root: Path, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------- paper-table
 
 
-def paper_table(params: dict, summary: dict) -> pd.DataFrame:
+def paper_table(study, summary: dict) -> pd.DataFrame:
     """One row per (dataset, method, setting) of the paper's grid; status 'not run' where
-    no experiment of params covers it. Test split only."""
+    no experiment of the study covers it. Test split only."""
     tests = [r for r in summary.values() if r["split"] == "test"]
-    datasets = list(dict.fromkeys(e["dataset"] for e in params["experiments"].values()))
+    datasets = list(dict.fromkeys(study.experiment(e).dataset for e in study.experiments))
     rows = []
     for ds in datasets:
-        for meth in params["methods"]:
+        for meth in study.methods:
             for ways, shots in PAPER_SETTINGS:
                 hits = [r for r in tests if r["dataset"] == ds and r["method"] == meth
                         and r["ways"] == ways and r["shots"] == shots]
@@ -302,12 +294,11 @@ def _cell(r) -> str:
     return "not run" if r["status"] != "run" else f"{r['accuracy']:.2f} ± {r['ci95']:.2f}"
 
 
-@register_analysis("paper-table")
-def paper_table_analysis(params: dict, metrics_root: Path, out_dir: Path) -> None:
-    path = Path(metrics_root) / "summary.json"
+def paper_table_analysis(study, layout, out_dir: Path) -> None:
+    path = layout.summary("summary.json")
     if not path.exists():
         raise UserError(f"{path} is missing; run the aggregate stage first")
-    table = paper_table(params, json.loads(path.read_text()))
+    table = paper_table(study, json.loads(path.read_text()))
     _write(table, Path(out_dir) / "paper_table.csv")
     header = " | ".join(f"{w}-way {s}-shot" for w, s in PAPER_SETTINGS)
     lines = ["# Test accuracy (%) ± 95% CI, shaped like Tables 1-2 of Aimen et al.", ""]

@@ -20,7 +20,7 @@ Writes, per multimodal experiment: `ratios.csv` (every LR), `histograms-<exp>.pn
 the sources for one fixed target, per method and snapshot, coloured by the source's mode),
 `modes-<exp>.png` (mean LR from each source mode to each target mode at the last snapshot)
 and `summary.json`. Settings: `experiments.<exp>.options.transference` (see
-mtml.multimodal.config). Paths follow the CLI layout next to `metrics_root`.
+mtml.multimodal.config). Paths come from the study's `Layout`.
 """
 
 from __future__ import annotations
@@ -33,16 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtml.analysis.registry import register_analysis
 from mtml.episodes.sampler import manifest_episodes
 from mtml.errors import UserError
-from mtml.methods import resolve_hparams
 from mtml.methods.base import Episode, MetaLearner
-from mtml.multimodal.config import multimodal_config
-from mtml.multimodal.episodes import read_mode_manifest
-from mtml.multimodal.sampler import MultimodalStream, mode_banks
-from mtml.multimodal.train import init_learner, training_stream
-from mtml.params import experiment, training_config
+from mtml.multimodal.sampler import MultimodalStream
+from mtml.stages import init_learner, load_banks, read_manifests, training_stream
 from mtml.utils import atomic_path, derive_seed, resolve_device
 
 DEFAULT_ALGORITHMS = ("maml", "mmaml-kml")
@@ -84,12 +79,14 @@ def mode_matrix(ratios: np.ndarray, source_modes, target_modes, n_modes: int) ->
     return out
 
 
-def _snapshots(params, exp, meth, mm, banks, opts, model_path: Path, device):
+def _snapshots(run, layout, banks, opts, device):
     """[(label, state_dict)]: a seeded short retrain at evenly spaced iterations, then the
     trained model (model.pt) when there is one."""
-    tcfg = training_config(params, exp)
-    learner = init_learner(params, exp, meth, mm, device)
-    stream = training_stream(params, exp, mm, banks)
+    exp = run.experiment
+    tcfg = run.training
+    learner = init_learner(run, exp.kind.context(exp, banks), device)
+    stream = training_stream(run, banks)
+    model_path = layout.model(exp.name, run.method)
     total = opts["retrain_iterations"] if learner.trainable else 0
     marks = sorted(set(np.linspace(0, total, opts["snapshots"]).round().astype(int).tolist()))
     optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
@@ -105,29 +102,28 @@ def _snapshots(params, exp, meth, mm, banks, opts, model_path: Path, device):
     return learner, states
 
 
-def _analysed_methods(params: dict, opts: dict) -> list[str]:
+def _analysed_methods(study, exp: str, opts: dict) -> list[str]:
     if opts["methods"] is not None:
         return list(opts["methods"])
-    return [m for m, hp in params["methods"].items()
-            if resolve_hparams(m, hp or {})[0].algorithm in DEFAULT_ALGORITHMS]
+    return [m for m in study.methods if study.run(exp, m).cls.algorithm in DEFAULT_ALGORITHMS]
 
 
-def analyse_experiment(params: dict, exp: str, root: Path, device) -> pd.DataFrame:
+def analyse_experiment(study, layout, exp: str, device) -> pd.DataFrame:
     """Every LR of experiment `exp` as rows (method, snapshot, source, target, modes, ratio)."""
-    cfg, mm = experiment(params, exp), multimodal_config(params, exp)
+    e = study.experiment(exp)
+    mm = e.settings
     opts = mm.transference
-    banks = mode_banks(mm, root / "data" / "processed", device)
-    src_stream = MultimodalStream(banks, mm.mode_mix, "train", cfg["ways"], cfg["shots"], cfg["queries"],
-                                  derive_seed(params["seed"], exp, "transference-sources"), mm.batch_mix)
+    banks = load_banks(e, layout, mm.modes, device)
+    src_stream = MultimodalStream([banks[d] for d in mm.modes], mm.mode_mix, "train", e.ways, e.shots, e.queries,
+                                  derive_seed(study.seed, exp, "transference-sources"), mm.batch_mix)
     sources = src_stream.batch(opts["sources"])
     targets = []
-    for bank in banks:
-        manifest = read_mode_manifest(root / "data" / "episodes", exp, "test", bank.data.name, opts["targets"])
-        targets += [ep for _, ep in manifest_episodes(bank, manifest)]
+    for spec, manifest in read_manifests(e, layout, ("test",)):
+        manifest = manifest[manifest["episode"] < opts["targets"]]
+        targets += [ep for _, ep in manifest_episodes(banks[spec.dataset], manifest)]
     rows = []
-    for meth in _analysed_methods(params, opts):
-        learner, states = _snapshots(params, exp, meth, mm, banks, opts,
-                                     root / "models" / exp / meth / "model.pt", device)
+    for meth in _analysed_methods(study, exp, opts):
+        learner, states = _snapshots(study.run(exp, meth), layout, banks, opts, device)
         for label, state in states:
             learner.load_state_dict(state)
             ratios = transference_ratios(learner, sources, targets, opts["step_size"])
@@ -209,19 +205,18 @@ def plot_mode_heatmaps(frame: pd.DataFrame, modes: list[str], path: Path) -> dic
     return matrices
 
 
-@register_analysis("transference")
-def transference(params: dict, metrics_root: Path, out_dir: Path) -> None:
-    exps = [e for e, c in params["experiments"].items() if c["kind"] == "multimodal"]
+def transference(study, layout, out_dir: Path) -> None:
+    exps = [e for e in study.experiments if study.experiment(e).kind.name == "multimodal"]
     if not exps:
         raise UserError("analysis 'transference' needs an experiment of kind multimodal in params 'experiments'")
-    root, out_dir = Path(metrics_root).resolve().parent, Path(out_dir)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(params["device"])
+    device = resolve_device(study.device)
     frames, summary = [], {}
     for exp in exps:
-        mm = multimodal_config(params, exp)
+        mm = study.experiment(exp).settings
         modes = list(mm.modes)
-        frame = analyse_experiment(params, exp, root, device)
+        frame = analyse_experiment(study, layout, exp, device)
         if frame.empty:
             raise UserError(f"analysis 'transference' found no method to analyse in experiment {exp!r}: "
                             f"add a method with algorithm {' or '.join(DEFAULT_ALGORITHMS)}, or list "

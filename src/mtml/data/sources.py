@@ -75,8 +75,9 @@ def check_dataset(name: str, config: dict) -> dict:
     return prepare.check(opts, name) if prepare.check else opts
 
 
-def prepare_dataset(name: str, config: dict, raw_root: Path, out_root: Path, seed: int) -> Path:
+def prepare_dataset(name: str, config: dict, raw_dir: Path, out_dir: Path, seed: int) -> Path:
+    """Prepare dataset `name` (its params entry `config`) into `out_dir`, downloads in `raw_dir`."""
     check_dataset(name, config)
-    out_dir = Path(out_root) / name
-    SOURCES[config["source"]](name, dict(config.get("options") or {}), Path(raw_root) / name, out_dir, seed)
+    out_dir = Path(out_dir)
+    SOURCES[config["source"]](name, dict(config.get("options") or {}), Path(raw_dir), out_dir, seed)
     return out_dir

@@ -120,14 +120,15 @@ def write_prepared(
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def load_prepared(path: str | Path, mmap: bool = True) -> PreparedDataset:
+def load_prepared(path: str | Path, mmap: bool = True, name: str | None = None) -> PreparedDataset:
+    """The prepared dataset at `path`; `name` is its params name (default: the folder's)."""
     path = Path(path)
     needed = ["images.npy", "labels.npy", "classes.csv", "meta.json"]
     missing = [n for n in needed if not (path / n).exists()]
     if missing:
         raise UserError(
             f"prepared dataset {path} lacks {', '.join(missing)}; run the prepare stage "
-            f"(python -m mtml prepare --dataset {path.name}) first"
+            f"(python -m mtml prepare --dataset {name or path.name}) first"
         )
     images = np.load(path / "images.npy", mmap_mode="r" if mmap else None)
     labels = np.load(path / "labels.npy")
@@ -139,4 +140,4 @@ def load_prepared(path: str | Path, mmap: bool = True) -> PreparedDataset:
         if not (path / f"{key}.npy").exists():
             raise UserError(f"prepared dataset {path} lacks {key}.npy; run the prepare stage again")
         extras[key] = np.load(path / f"{key}.npy", mmap_mode="r" if mmap else None)
-    return PreparedDataset(path.name, images, labels, classes, meta, extras)
+    return PreparedDataset(name or path.name, images, labels, classes, meta, extras)

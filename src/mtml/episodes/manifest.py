@@ -15,7 +15,6 @@ import pandera.pandas as pa
 
 from mtml.data.storage import PreparedDataset
 from mtml.errors import UserError
-from mtml.utils import atomic_path
 
 
 class ManifestRows(pa.DataFrameModel):
@@ -99,11 +98,6 @@ def build_manifest(data: PreparedDataset, split: str, ways: int, shots: int, que
             cols["item"].append(items.reshape(-1))
     df = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})
     return check_manifest(df, ways, shots, queries, classes, data.labels, f"{data.name}/{split}")
-
-
-def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

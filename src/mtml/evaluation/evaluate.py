@@ -1,45 +1,21 @@
-"""Fixed-episode evaluation: per-episode accuracy (kept for paired comparisons), mean and
-95% CI per split, the NIL metric, and cross-domain splits."""
+"""Scoring fixed episodes: per-episode accuracy (kept for paired comparisons), the NIL metric,
+and the eval.json row of a set of episodes (mean and 95% CI). The evaluate stage itself is
+`mtml.stages.evaluate`, the same for every experiment kind."""
 
 from __future__ import annotations
-
-import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from mtml.data.storage import load_prepared
-from mtml.episodes.manifest import read_manifest
 from mtml.episodes.sampler import ImageBank, manifest_episodes
 from mtml.evaluation.stats import mean_ci95, nil_logits
-from mtml.methods import build
 from mtml.methods.base import MetaLearner
-from mtml.params import experiment, method
-from mtml.utils import atomic_path, progress, write_json
-
-
-def evaluation_splits(params: dict, exp: str) -> list[tuple[str, str, str]]:
-    """(split name, dataset, manifest file name) for each evaluation of an experiment."""
-    cfg = experiment(params, exp)
-    splits = [("test", cfg["dataset"], "test.parquet")]
-    splits += [("cross-domain", ds, f"cross-{ds}.parquet") for ds in cfg["cross_domain"]]
-    return splits
-
-
-def load_learner(params: dict, exp: str, meth: str, model_path: Path, device) -> MetaLearner:
-    saved = torch.load(model_path, map_location=device, weights_only=False)
-    learner = build(meth, method(params, meth, exp), tuple(saved["image_shape"]), saved["ways"]).to(device)
-    learner.load_state_dict(saved["state"])
-    return learner.eval()
+from mtml.utils import progress
 
 
 def episode_embeddings(learner: MetaLearner, ep) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support and query features for NIL. Methods whose features depend on the task
-    (modulated or per-mode networks) provide `embed_episode(episode)`."""
-    if hasattr(learner, "embed_episode"):
-        return learner.embed_episode(ep)
-    return learner.embed(ep.support_x), learner.embed(ep.query_x)
+    """Support and query features for NIL (`MetaLearner.embed_episode`)."""
+    return learner.embed_episode(ep)
 
 
 def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -58,35 +34,14 @@ def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFr
     return pd.DataFrame(rows)
 
 
-def summary_row(exp: str, cfg: dict, meth: str, learner: MetaLearner, split: str, dataset: str,
-                frame: pd.DataFrame) -> dict:
-    """One eval.json row: mean accuracy and NIL accuracy of `frame`'s episodes with 95% CIs."""
+def summary_row(run, split: str, dataset: str, frame: pd.DataFrame) -> dict:
+    """One eval.json row of `run` (a `mtml.study.Run`): mean accuracy and NIL accuracy of
+    `frame`'s episodes with 95% CIs."""
     acc, ci = mean_ci95(frame["accuracy"])
     nil, nil_ci = mean_ci95(frame["nil_accuracy"])
-    return {"experiment": exp, "dataset": dataset, "split": split, "method": meth,
-            "algorithm": learner.algorithm, "ways": cfg["ways"], "shots": cfg["shots"],
-            "queries": cfg["queries"], "episodes": len(frame),
+    exp = run.experiment
+    return {"experiment": exp.name, "dataset": dataset, "split": split, "method": run.method,
+            "algorithm": run.cls.algorithm, "ways": exp.ways, "shots": exp.shots,
+            "queries": exp.queries, "episodes": len(frame),
             "accuracy": round(acc, 4), "ci95": round(ci, 4),
             "nil_accuracy": round(nil, 4), "nil_ci95": round(nil_ci, 4)}
-
-
-def evaluate(params: dict, exp: str, meth: str, model_path: Path, processed_root: Path,
-             episodes_root: Path, metrics_dir: Path, device) -> list[dict]:
-    cfg = experiment(params, exp)
-    learner = load_learner(params, exp, meth, model_path, device)
-    t0 = time.perf_counter()
-    per_episode, summary = [], []
-    for split, dataset, fname in evaluation_splits(params, exp):
-        bank = ImageBank(load_prepared(Path(processed_root) / dataset), device)
-        frame = evaluate_manifest(learner, bank, read_manifest(Path(episodes_root) / exp / fname),
-                                  f"eval {exp}/{meth} {split}:{dataset}")
-        frame.insert(0, "split", split)
-        frame.insert(1, "dataset", dataset)
-        per_episode.append(frame)
-        summary.append(summary_row(exp, cfg, meth, learner, split, dataset, frame))
-    eval_seconds = time.perf_counter() - t0
-    with atomic_path(Path(metrics_dir) / "episodes.csv") as tmp:
-        pd.concat(per_episode).to_csv(tmp, index=False, float_format="%.4f")
-    write_json(Path(metrics_dir) / "eval.json", summary)
-    write_json(Path(metrics_dir) / "timing_eval.json", {"eval_seconds": round(eval_seconds, 3)})
-    return summary

@@ -2,7 +2,8 @@
 
 ALGORITHMS is the one table of algorithms (name -> "module:class"); a family module is
 imported the first time one of its algorithms is asked for, so checking names imports nothing
-(not even torch). `build`, `resolve_hparams`, `MetaLearner` and `Episode` load `base` lazily.
+(not even torch). `build`, `build_learner`, `resolve_hparams`, `MetaLearner`, `LearnerContext` and `Episode`
+load `base` lazily.
 """
 
 from mtml.registry import Registry
@@ -25,15 +26,15 @@ ALGORITHMS = {
     "ta-maml": "mtml.methods.task_weighting:TaskAttendedMAML",
     "ta-metasgd": "mtml.methods.task_weighting:TaskAttendedMetaSGD",
     "ta-metalstm++": "mtml.methods.task_weighting:TaskAttendedMetaLSTM",
-    "mt-anil": "mtml.multitask.learners:MultiTaskANIL",
-    "mt-am": "mtml.multitask.learners:MultiTaskAM",
-    "mt-pam": "mtml.multitask.learners:MultiTaskPAM",
-    "mt-maml": "mtml.multitask.learners:MultiTaskMAML",
+    "mt-anil": "mtml.methods.multitask:MultiTaskANIL",
+    "mt-am": "mtml.methods.multitask:MultiTaskAM",
+    "mt-pam": "mtml.methods.multitask:MultiTaskPAM",
+    "mt-maml": "mtml.methods.multitask:MultiTaskMAML",
 }
 METHODS = Registry("algorithm", ALGORITHMS)
 REGISTRY = METHODS  # the old name: algorithm -> class
 
-_BASE = ("Episode", "MetaLearner", "build", "resolve_hparams")
+_BASE = ("Episode", "LearnerContext", "MetaLearner", "build", "build_learner", "resolve_hparams")
 
 
 def __getattr__(name: str):

@@ -28,6 +28,21 @@ class Episode:
                        self.query_x.to(device), self.query_y.to(device), self.ways, self.mode)
 
 
+@dataclass(frozen=True)
+class LearnerContext:
+    """What an experiment tells every learner it builds, whatever its kind."""
+
+    image_shape: tuple[int, int, int]
+    ways: int
+    modes: tuple[str, ...] = ()     # multimodal: the dataset of each mode
+    tasks: tuple = ()               # multitask: the high-level tasks (TaskSpec)
+
+    def info(self) -> dict:
+        """Stored in model.pt beside the weights (plain types: loads with weights_only)."""
+        return {"image_shape": list(self.image_shape), "ways": self.ways, "modes": list(self.modes),
+                "tasks": [t.name for t in self.tasks]}
+
+
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     return (logits.argmax(-1) == targets).float().mean()
 
@@ -69,6 +84,27 @@ class MetaLearner(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """Features used by the NIL metric (no head: cosine to support embeddings)."""
         raise NotImplementedError
+
+    @classmethod
+    def from_context(cls, hp: dict, ctx: LearnerContext) -> MetaLearner:
+        """Build for an experiment. Methods that need more of the context (the modes of a
+        multimodal experiment, the tasks of a multitask one) override this."""
+        return cls(hp, ctx.image_shape, ctx.ways)
+
+    @classmethod
+    def check_run(cls, run) -> None:
+        """Reject settings of `run` (a `mtml.study.Run`) this method cannot train with; raise
+        UserError naming the params key."""
+
+    # Optional capabilities, declared here so callers never probe with hasattr.
+    def embed_episode(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Support and query features for NIL; task-dependent features (modulated or
+        per-mode networks) override this."""
+        return self.embed(episode.support_x), self.embed(episode.query_x)
+
+    def generator_parameters(self) -> int | None:
+        """Parameters of a modulation generator (None: the method has none)."""
+        return None
 
     def make_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=meta_lr)
@@ -119,3 +155,8 @@ def resolve_hparams(method: str, config: dict) -> tuple[type[MetaLearner], dict]
 def build(method: str, config: dict, image_shape, ways: int) -> MetaLearner:
     cls, hp = resolve_hparams(method, config)
     return cls(hp, image_shape, ways)
+
+
+def build_learner(run, ctx: LearnerContext) -> MetaLearner:
+    """The one way the pipeline builds a learner: `run` (a `mtml.study.Run`) in context `ctx`."""
+    return run.cls.from_context(dict(run.hparams), ctx)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mtml.errors import UserError
 from mtml.methods.base import Episode, MetaLearner, accuracy, register
 from mtml.methods.gradient import MAML, TaskOutcome
 from mtml.methods.inner_loop import adapt, named_params
@@ -148,6 +149,19 @@ class PerMode(MetaLearner):
             raise ValueError(f"{self.algorithm}: modes must be an integer >= 1, got {hp['modes']!r}")
         sub = {k: v for k, v in hp.items() if k != "modes"}
         self.learners = nn.ModuleList(self.base(sub, image_shape, ways) for _ in range(hp["modes"]))
+
+    @classmethod
+    def from_context(cls, hp, ctx):
+        # One learner per mode of the experiment.
+        return cls({**hp, "modes": len(ctx.modes) or hp["modes"]}, ctx.image_shape, ctx.ways)
+
+    @classmethod
+    def check_run(cls, run):
+        given = run.study.method_config(run.method, run.experiment.name).get("modes")
+        modes = len(getattr(run.experiment.settings, "modes", ()) or ())
+        if given is not None and modes and given != modes:
+            raise UserError(f"params key 'methods.{run.method}.modes' is {given!r} but experiment "
+                            f"{run.experiment.name!r} has {modes} modes; leave it out (the experiment sets it)")
 
     def learner(self, mode: int) -> MetaLearner:
         if not 0 <= mode < len(self.learners):

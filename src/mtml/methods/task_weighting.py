@@ -218,6 +218,16 @@ class TaskAttention(MetaLearner):
         self.attention = AttentionNetwork(hp["meta_batch"], hp["attention_hidden"], hp["attention_layers"])
         self.meta_lr: float | None = None
 
+    @classmethod
+    def check_run(cls, run):
+        batch = run.training["meta_batch"]
+        if run.hparams["meta_batch"] != batch:
+            raise UserError(
+                f"params key 'methods.{run.method}.meta_batch' is {run.hparams['meta_batch']} but experiment "
+                f"{run.experiment.name!r} trains with meta-batches of {batch} (training.meta_batch): a "
+                f"{cls.algorithm} method's attention network weighs exactly meta_batch tasks; "
+                f"set both to the same number")
+
     # evaluation is the base's: the attention network only shapes meta-training
     def predict(self, episode):
         return self.base.predict(episode)

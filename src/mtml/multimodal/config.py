@@ -116,17 +116,3 @@ def multimodal_config(params: dict, exp: str) -> MultimodalConfig:
     return MultimodalConfig(exp, modes, _image_shape(exp, options["image_shape"]),
                             _mode_mix(exp, options["mode_mix"], modes),
                             _transference(params, exp, options["transference"]), options["batch_mix"])
-
-
-def check(params: dict, exp: str) -> None:
-    """Kind.check: the options, and the `modes` of per-mode methods against the experiment."""
-    mm = multimodal_config(params, exp)
-    from mtml.methods import resolve_hparams
-    from mtml.methods.multimodal import PerMode
-
-    for name, hp in params["methods"].items():
-        cls, _ = resolve_hparams(name, hp or {})
-        given = (hp or {}).get("modes")
-        if issubclass(cls, PerMode) and given is not None and given != len(mm.modes):
-            raise UserError(f"params key 'methods.{name}.modes' is {given!r} but experiment {exp!r} has "
-                            f"{len(mm.modes)} modes; leave it out (the experiment sets it)")

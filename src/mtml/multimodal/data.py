@@ -8,13 +8,9 @@ converted images.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from mtml.data.storage import PreparedDataset, load_prepared
 from mtml.errors import UserError
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -46,10 +42,3 @@ def to_image_shape(images: np.ndarray, shape: tuple[int, int, int], where: str =
         x = torch.from_numpy(np.array(images[lo:lo + chunk])).float()  # a writable copy of the chunk
         out[lo:lo + chunk] = _convert_chunk(x, shape).round_().clamp_(0, 255).to(torch.uint8).numpy()
     return out
-
-
-def load_mode(processed_root: Path, dataset: str, shape: tuple[int, int, int]) -> PreparedDataset:
-    """A prepared dataset with its images converted to `shape`."""
-    data = load_prepared(Path(processed_root) / dataset)
-    images = to_image_shape(data.images, shape, where=f"dataset {dataset}")
-    return replace(data, images=images, meta={**data.meta, "image_shape": list(shape)})

@@ -14,8 +14,6 @@ How a meta-batch's modes are drawn (`options.batch_mix`):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -24,8 +22,7 @@ from mtml.episodes.manifest import sample_indices
 from mtml.episodes.sampler import ImageBank
 from mtml.errors import UserError
 from mtml.methods.base import Episode
-from mtml.multimodal.config import BATCH_MIXES, MultimodalConfig
-from mtml.multimodal.data import load_mode
+from mtml.multimodal.config import BATCH_MIXES
 
 
 class ModeImageBank(ImageBank):
@@ -37,11 +34,6 @@ class ModeImageBank(ImageBank):
 
     def episode(self, support: np.ndarray, query: np.ndarray, mode: int | None = None) -> Episode:
         return super().episode(support, query, self.mode if mode is None else mode)
-
-
-def mode_banks(mm: MultimodalConfig, processed_root: Path, device: torch.device) -> list[ModeImageBank]:
-    return [ModeImageBank(load_mode(processed_root, ds, mm.image_shape), device, i)
-            for i, ds in enumerate(mm.modes)]
 
 
 def balanced_modes(rng: np.random.Generator, mix: np.ndarray, size: int) -> np.ndarray:

@@ -17,13 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtml.errors import UserError
-from mtml.methods import resolve_hparams
 from mtml.multitask.data import Shape
-from mtml.multitask.learners import ALGORITHMS, MultiTaskLearner, check_hparams
 from mtml.multitask.tasks import TASKS, TaskSpec, task_specs
 from mtml.options import Option, check_options
 from mtml.options import defaults as option_defaults
-from mtml.params import experiment, method
+from mtml.params import experiment
 
 OPTIONS = {
     "tasks": Option(list, list(TASKS), "the high-level tasks", items=str, choices=tuple(TASKS)),
@@ -61,23 +59,3 @@ def multitask_config(params: dict, exp: str) -> MultitaskConfig:
     shape = Shape(cfg["ways"], cfg["shots"], cfg["queries"], opts["dense_shots"], opts["dense_queries"],
                   opts["class_scope"])
     return MultitaskConfig(tasks, shape, {t.name: float(thresholds.get(t.name, t.threshold)) for t in tasks})
-
-
-def learner_hparams(params: dict, meth: str, mt: MultitaskConfig,
-                    exp: str | None = None) -> tuple[type[MultiTaskLearner], dict]:
-    """The method's class and filled hyperparameters (with experiment `exp`'s overrides);
-    a UserError unless it is multitask."""
-    cls, hp = resolve_hparams(meth, method(params, meth, exp))
-    if not issubclass(cls, MultiTaskLearner):
-        raise UserError(
-            f"params key 'methods.{meth}.algorithm' is {cls.algorithm!r}, which cannot run a multitask "
-            f"experiment; allowed: {', '.join(ALGORITHMS)} (keep multitask experiments in a params file "
-            f"of their own, e.g. configs/multitask.yaml)")
-    check_hparams(meth, hp, mt.task_names)
-    return cls, hp
-
-
-def check(params: dict, exp: str) -> None:
-    mt = multitask_config(params, exp)
-    for meth in params["methods"]:
-        learner_hparams(params, meth, mt, exp)

@@ -26,7 +26,6 @@ from torch import Tensor
 from mtml.data.storage import PreparedDataset
 from mtml.errors import UserError
 from mtml.multitask.tasks import TaskSpec
-from mtml.utils import atomic_path
 
 
 @dataclass
@@ -173,11 +172,6 @@ def build_manifest(bank: SceneBank, task: TaskSpec, split: str, shape: Shape, ep
                                         "label": lab if lab is not None else -1,
                                         "item": items, "environment": env}))
     return SubtaskRows.validate(pd.concat(frames, ignore_index=True))
-
-
-def write_manifest(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

@@ -9,7 +9,6 @@ ends with the same files as an uninterrupted one.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -19,22 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtml.data.storage import load_prepared
-from mtml.episodes.manifest import read_manifest
-from mtml.episodes.sampler import EpisodeStream, ImageBank, manifest_episodes
-from mtml.methods import build
+from mtml.episodes.sampler import ImageBank, manifest_episodes
 from mtml.methods.base import MetaLearner
-from mtml.params import experiment, method, training_config
-from mtml.utils import atomic_path, derive_seed, interactive, progress, write_json
+from mtml.utils import atomic_path, interactive, progress, write_json
 
 LOG_COLUMNS = ["iteration", "loss", "train_accuracy", "val_accuracy"]
-
-
-def run_fingerprint(params: dict, exp: str, meth: str) -> str:
-    """What a checkpoint must match to be resumed (any change starts training afresh)."""
-    key = {"seed": params["seed"], "experiment": experiment(params, exp), "method": method(params, meth, exp),
-           "training": training_config(params, exp)}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def episodes_accuracy(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame) -> float:
@@ -69,25 +57,6 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def train(params: dict, exp: str, meth: str, processed_root: Path, episodes_root: Path,
-          model_dir: Path, metrics_dir: Path, device: torch.device) -> dict:
-    cfg = experiment(params, exp)
-    tcfg = training_config(params, exp)
-    data = load_prepared(Path(processed_root) / cfg["dataset"])
-    bank = ImageBank(data, device)
-    val = read_manifest(Path(episodes_root) / exp / "val.parquet")
-    val = val[val["episode"] < tcfg["val_episodes"]]
-
-    torch.manual_seed(derive_seed(params["seed"], exp, meth, "init"))
-    learner = build(meth, method(params, meth, exp), bank.image_shape, cfg["ways"]).to(device)
-    # The training stream is shared by methods of an experiment: they see the same tasks.
-    stream = EpisodeStream(bank, "train", cfg["ways"], cfg["shots"], cfg["queries"],
-                           derive_seed(params["seed"], exp, "train-episodes"))
-    info = {"method": meth, "experiment": exp, "image_shape": list(bank.image_shape), "ways": cfg["ways"]}
-    return fit(learner, stream, lambda model: episodes_accuracy(model, bank, val), tcfg,
-               run_fingerprint(params, exp, meth), model_dir, metrics_dir, device, f"{exp}/{meth}", info)
-
-
 def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], tcfg: dict,
         fingerprint: str, model_dir: Path, metrics_dir: Path, device: torch.device, label: str,
         model_info: dict) -> dict:
@@ -106,7 +75,10 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     best = {"accuracy": -1.0, "iteration": 0, "state": copy.deepcopy(learner.state_dict())}
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("fingerprint") == fingerprint:
+        if ckpt.get("fingerprint") != fingerprint:
+            print(f"train {label}: discarding {ckpt_path}: it was written for other settings or data; "
+                  f"training starts afresh", flush=True)
+        else:
             learner.load_state_dict(ckpt["model"])
             if optimizer is not None and ckpt["optimizer"] is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])

@@ -154,6 +154,19 @@ class MultiTaskLearner(MetaLearner):
         if hp["loss_weighting"] == "uncertainty":
             self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
 
+    @classmethod
+    def from_context(cls, hp, ctx):
+        return cls(hp, ctx.image_shape, ctx.ways, list(ctx.tasks) or None)
+
+    @classmethod
+    def check_run(cls, run):
+        tasks = getattr(run.experiment.settings, "task_names", None)
+        if tasks is None:
+            raise UserError(f"params key 'methods.{run.method}.algorithm' is {cls.algorithm!r}, which needs "
+                            f"an experiment of kind multitask; experiment {run.experiment.name!r} is of kind "
+                            f"{run.experiment.config['kind']}")
+        check_hparams(run.method, run.hparams, tasks)
+
     # ------------------------------------------------------------------ pieces
 
     def backbone(self, task: str) -> Conv4:

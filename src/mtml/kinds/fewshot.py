@@ -1,0 +1,56 @@
+"""Kind `fewshot`: N-way K-shot classification on one dataset, with cross-domain test sets.
+
+Manifests: `val.parquet`, `test.parquet` (the dataset's val and test classes) and
+`cross-<dataset>.parquet` (each cross-domain dataset's test classes).
+"""
+
+from __future__ import annotations
+
+from mtml.kinds import Kind, ManifestSpec
+from mtml.utils import derive_seed
+
+
+class FewShot(Kind):
+    name = "fewshot"
+
+    def manifests(self, study, exp) -> list[ManifestSpec]:
+        n_val, n_test = exp.training["val_episodes"], exp.evaluation["episodes"]
+        plan = [("val.parquet", exp.dataset, "val", "val", n_val),
+                ("test.parquet", exp.dataset, "test", "test", n_test)]
+        plan += [(f"cross-{ds}.parquet", ds, "test", "cross-domain", n_test) for ds in exp.cross_domain]
+        # Seeds depend on the episode settings, not on the method: all methods share them.
+        return [ManifestSpec(f, ds, split, role, n,
+                             derive_seed(study.seed, exp.name, f, exp.ways, exp.shots, exp.queries))
+                for f, ds, split, role, n in plan]
+
+    def build_manifest(self, exp, spec, data):
+        from mtml.episodes.manifest import build_manifest
+
+        return build_manifest(data, spec.split, exp.ways, exp.shots, exp.queries, spec.episodes, spec.seed)
+
+    def context(self, exp, banks):
+        from mtml.methods.base import LearnerContext
+
+        return LearnerContext(banks[exp.dataset].image_shape, exp.ways)
+
+    def stream(self, exp, banks, seed):
+        from mtml.episodes.sampler import EpisodeStream
+
+        return EpisodeStream(banks[exp.dataset], "train", exp.ways, exp.shots, exp.queries, seed)
+
+    def validate(self, exp, learner, banks, val):
+        from mtml.training.trainer import episodes_accuracy
+
+        ((spec, manifest),) = val
+        return episodes_accuracy(learner, banks[spec.dataset], manifest)
+
+    def score(self, exp, learner, bank, spec, manifest, label):
+        from mtml.evaluation.evaluate import evaluate_manifest
+
+        return evaluate_manifest(learner, bank, manifest, label)
+
+    def summarise(self, run, learner, scored):
+        from mtml.evaluation.evaluate import summary_row
+
+        rows = [summary_row(run, spec.role, spec.dataset, frame) for spec, frame in scored]
+        return rows, {"rows": []}
