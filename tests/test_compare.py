@@ -315,7 +315,9 @@ def test_published_entry_must_name_its_dataset_when_a_split_has_several():
 
 
 def test_params_schema_holds_the_published_fragment_and_checks_entries():
-    schema = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
+    from mtml.params import params_schema
+
+    schema = params_schema()
     assert schema["properties"]["published"] == C.PUBLISHED_SCHEMA
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     exp, meth = next(iter(params["experiments"])), next(iter(params["methods"]))

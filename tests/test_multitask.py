@@ -272,9 +272,9 @@ def test_multitask_algorithms_refuse_fewshot_and_bad_hyperparameters():
         build("mt-am", {"algorithm": "mt-am"}, SHAPE, 5)
     from mtml.methods.multitask import check_hparams
 
-    _, hp = resolve_hparams("x", {"algorithm": "mt-anil", "tasks": "both"})
+    # declared values are checked when the hyperparameters are resolved (at validate time)
     with pytest.raises(UserError, match=r"methods\.x\.tasks.*multi, single"):
-        check_hparams("x", hp, ["depth"])
+        resolve_hparams("x", {"algorithm": "mt-anil", "tasks": "both"})
     _, hp = resolve_hparams("x", {"algorithm": "mt-anil", "pretrained_heads": ["classification"]})
     with pytest.raises(UserError, match="pretrained_heads"):
         check_hparams("x", hp, ["classification", "depth"])
@@ -285,10 +285,11 @@ def test_multitask_algorithms_refuse_fewshot_and_bad_hyperparameters():
         resolve_hparams("x", {"algorithm": "mt-am", "kl_weight": 1.0})
     for bad, match in (({"kl_direction": "q||p"}, r"methods\.x\.kl_direction.*posterior-prior, prior-posterior"),
                        ({"kl_weight": -1}, r"methods\.x\.kl_weight.*>= 0"),
-                       ({"attention_blocks": 0}, r"methods\.x\.attention_blocks.*>= 1")):
-        _, hp = resolve_hparams("x", {"algorithm": "mt-pam", **bad})
+                       ({"attention_blocks": 0}, r"methods\.x\.attention_blocks.*>= 1"),
+                       ({"inner_lr": {"depth": -0.1}}, r"methods\.x\.inner_lr' must be a number >= 0 or "
+                                                       r"a mapping name -> number >= 0")):
         with pytest.raises(UserError, match=match):
-            check_hparams("x", hp, ["depth"])
+            resolve_hparams("x", {"algorithm": "mt-pam", **bad})
 
 
 def test_params_checks_of_the_multitask_kind():

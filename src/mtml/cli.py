@@ -108,6 +108,14 @@ def cmd_dvc_yaml(args):
     print(f"wrote {path} for study {study.name!r}")
 
 
+def cmd_schema(args):
+    import yaml
+
+    from mtml.params import params_schema
+
+    print(yaml.safe_dump(params_schema(), sort_keys=False, width=100), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtml", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -144,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("dvc-yaml", parents=[common], help="write dvc.yaml for the params (after editing them)")
     p.set_defaults(func=cmd_dvc_yaml)
+    p = sub.add_parser("schema", help="print the params JSON Schema, every declared option included")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

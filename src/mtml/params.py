@@ -1,13 +1,16 @@
 """Load and validate params (params.yaml and presets), and resolve one run of the matrix.
 
-The JSON Schema in workflow/schemas/params.schema.yaml is the same one Snakemake's validate()
-uses; on top of it we check the names that link sections (an experiment's dataset must be
-defined, a method's algorithm must exist) and each method's hyperparameter keys.
+The base JSON Schema (params.schema.yaml, shipped in this package) checks the structure; on
+top of it we check the names that link sections (an experiment's dataset must be defined, a
+method's algorithm must exist) and every method hyperparameter and dataset option against its
+declaration (mtml.options), each mistake as one line naming the key. `params_schema()` is the
+base schema with those declarations merged in: what Snakemake's validate() uses.
 """
 
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -16,11 +19,39 @@ import yaml
 from mtml.errors import UserError
 from mtml.study import Study, study_name
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+SCHEMA_RESOURCE = "params.schema.yaml"
 
 
 def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The base schema (structure only), read from the installed package."""
+    return yaml.safe_load(resources.files("mtml").joinpath(SCHEMA_RESOURCE).read_text())
+
+
+def params_schema() -> dict:
+    """The params JSON Schema with every declared method hyperparameter and dataset option:
+    under `methods.<name>` per `algorithm` and under `datasets.<name>.options` per `source`
+    (if/then). A method entry without `algorithm` (it defaults to the entry's name, which
+    JSON Schema cannot see) is checked by `validate` only."""
+    from mtml.data.sources import SOURCES
+    from mtml.methods import METHODS
+    from mtml.options import options_schema
+
+    schema = _schema()
+    props = schema["properties"]
+    method = props["methods"]["additionalProperties"]
+    method["properties"]["algorithm"]["enum"] = METHODS.names()
+    method["allOf"] = [
+        {"if": {"required": ["algorithm"], "properties": {"algorithm": {"const": name}}},
+         "then": {"properties": options_schema(METHODS[name].options)}}
+        for name in METHODS.names()]
+    dataset = props["datasets"]["additionalProperties"]
+    dataset["properties"]["source"]["enum"] = SOURCES.names()
+    dataset["allOf"] = [
+        {"if": {"properties": {"source": {"const": name}}},
+         "then": {"properties": {"options": {"type": "object", "additionalProperties": False,
+                                             "properties": options_schema(SOURCES[name].options)}}}}
+        for name in SOURCES.names()]
+    return schema
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -63,7 +94,7 @@ def _message(err: jsonschema.ValidationError, schema: dict) -> str:
     if err.validator == "enum":
         return f"params key '{key}' is {err.instance!r}; allowed: {', '.join(map(str, err.validator_value))}"
     if err.validator == "required":
-        return f"params key '{key}' lacks {err.message.split(' is a required')[0]}; see workflow/schemas/params.schema.yaml"
+        return f"params key '{key}' lacks {err.message.split(' is a required')[0]}; see `python -m mtml schema`"
     return f"params key '{key}': {err.message}"
 
 
@@ -93,10 +124,12 @@ def validate(params: dict) -> dict:
                 key = f"experiments.{name}.{key_name}"
                 raise UserError(f"params key '{key}' names dataset {ds!r}; defined datasets: {', '.join(datasets)}")
     from mtml.analysis.registry import ANALYSES
+    from mtml.data.sources import check_dataset
 
     for i, a in enumerate(params["analyses"]):
-        if a not in ANALYSES:
-            raise UserError(f"params key 'analyses[{i}]' is {a!r}; allowed: {', '.join(sorted(ANALYSES)) or '(none)'}")
+        ANALYSES.check(a, f"analyses[{i}]")
+    for name, config in datasets.items():
+        check_dataset(name, config)
     from mtml.methods import resolve_hparams
 
     for name, hp in params["methods"].items():
@@ -114,15 +147,44 @@ def read(paths) -> dict:
         paths = [paths]
     merged: dict = {}
     for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise UserError(f"params file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"params file {p} is not valid YAML: {err}") from None
-        merged = deep_merge(merged, data)
+        merged = deep_merge(merged, read_file(p))
     return merged
+
+
+def _duplicates(node: yaml.Node, path: str, p: Path) -> None:
+    """UserError for the first mapping key given twice (YAML itself keeps the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            where = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in seen:
+                    raise UserError(f"params file {p} gives key '{where}' twice (lines {seen[key]} and "
+                                    f"{k.start_mark.line + 1}); YAML would keep only the second: delete one")
+                seen[key] = k.start_mark.line + 1
+            _duplicates(v, where, p)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _duplicates(v, f"{path}[{i}]", p)
+
+
+def read_file(p) -> dict:
+    """One params file as a dict: a UserError if it is missing, not YAML, or repeats a key."""
+    p = Path(p)
+    if not p.exists():
+        raise UserError(f"params file {p} does not exist")
+    text = p.read_text()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _duplicates(node, "", p)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"params file {p} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"params file {p} must be a mapping of params keys; got {type(data).__name__}")
+    return data
 
 
 def study(params: dict, files=()) -> Study:

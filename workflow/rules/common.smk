@@ -1,10 +1,14 @@
 import os
 import re
+import tempfile
 
+import yaml
 from snakemake.utils import min_version, validate
 
 from mtml.errors import UserError
 from mtml.layout import EVAL_FILES, TRAIN_FILES, Layout
+from mtml.params import params_schema as mtml_params_schema
+from mtml.params import read_file as mtml_read_file
 from mtml.params import study as mtml_study
 from mtml.workflow_dvc import analysis_inputs
 
@@ -15,14 +19,21 @@ min_version("8.10")
 PARAMS_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params.yaml"]
 PARAMS = " ".join(PARAMS_FILES)
 
-# Our own checks first, the same every `python -m mtml` stage runs (the schema with one-line
-# messages, the names that link sections, then the study: every kind setting and run resolved
-# once); Snakemake's validate() then finds nothing, but would dump the whole schema on an error.
+# Our one-line checks first, the same every `python -m mtml` stage runs: the files Snakemake
+# read, re-read for repeated keys (YAML silently keeps the last), then the study (schema, names,
+# every declared method hyperparameter and dataset option; every kind setting and run resolved
+# once). Then Snakemake's own schema check (with defaults) against the generated schema, every
+# declared option included; it takes a file, not a dict.
 try:
+    for _file in PARAMS_FILES:
+        mtml_read_file(_file)
     STUDY = mtml_study(config, PARAMS_FILES)
 except UserError as err:
     raise WorkflowError(f"params: {err}")
-validate(config, "../schemas/params.schema.yaml")
+with tempfile.NamedTemporaryFile("w", suffix=".schema.yaml") as _schema:
+    yaml.safe_dump(mtml_params_schema(), _schema)
+    _schema.flush()
+    validate(config, _schema.name)
 # Every path comes from the study's layout (the one place that names them; dvc.yaml is
 # generated from it too). Paths with "{wildcard}" names are the rules' patterns.
 LAYOUT = Layout(".", STUDY)
@@ -111,6 +122,8 @@ SLURM_SETTINGS = {
         "`sacctmgr show assoc user=$USER` lists accounts",
     ),
 }
+
+
 def check_slurm_resources():
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":

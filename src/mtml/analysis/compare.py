@@ -29,8 +29,8 @@ VERDICTS = ("better", "worse", "no detectable difference")
 STATUSES = ("reproduced", "below", "above", "not measured")
 
 # The `published:` block of a params file: experiment -> method -> split -> entry. Kept here,
-# next to the code that reads it; workflow/schemas/params.schema.yaml holds the same fragment
-# (a test checks that they are equal).
+# next to the code that reads it; the params schema (src/mtml/params.schema.yaml) holds the
+# same fragment (a test checks that they are equal).
 PUBLISHED_SCHEMA = {
     "type": "object",
     "description": ("published results to set next to ours (docs/statistics.md): experiment -> "

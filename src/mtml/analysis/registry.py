@@ -2,18 +2,18 @@
 
 An analysis is `fn(study, layout, out_dir: Path) -> None`; the analyse stage gives it a
 temporary folder that becomes `metrics/<study>/analysis/<name>/`. `analyses:` in params lists
-which ones a study runs. Names resolve lazily, so checking a params file imports no analysis.
+which ones a study runs. ANALYSES is the one table of them (name -> "module:function"),
+resolved lazily, so checking a params file imports no analysis.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from mtml.errors import UserError
+from mtml.registry import Registry
 
-# name -> "module:function"
-ANALYSES: dict[str, str] = {
+ANALYSES = Registry("analysis", {
     "attention-trend": "mtml.analysis.task_attention:attention_trend",
     "attention-correlation": "mtml.analysis.task_attention:attention_correlation",
     "ta-curves": "mtml.analysis.task_attention:ta_curves",
@@ -24,11 +24,10 @@ ANALYSES: dict[str, str] = {
     "optimal-attention": "mtml.analysis.multitask:optimal_attention",
     "attention-weights": "mtml.analysis.multitask:attention_weights",
     "multitask-speed": "mtml.analysis.multitask:multitask_speed",
-}
+})
 
 
 def get_analysis(name: str) -> Callable:
     if name not in ANALYSES:
-        raise UserError(f"analysis {name!r} is unknown; allowed: {', '.join(sorted(ANALYSES))}")
-    module, _, attr = ANALYSES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+        raise UserError(f"analysis {name!r} is unknown; allowed: {', '.join(ANALYSES.names())}")
+    return ANALYSES[name]

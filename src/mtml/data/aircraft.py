@@ -38,12 +38,14 @@ from mtml.data.imageset import (
     check_choice,
     check_int,
     clipped,
+    image_size,
     key,
     official_archive,
 )
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.data.storage import SPLITS
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 
 ARCHIVE = Archive(url="https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
                   filename="fgvc-aircraft-2013b.tar.gz", md5="d4acdd33327262359767eeaa97a4f732",
@@ -51,8 +53,17 @@ ARCHIVE = Archive(url="https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archi
 ROOT = "fgvc-aircraft-2013b"
 BANNER_ROWS = 20
 N_VARIANTS, IMAGES_PER_VARIANT = 100, 100
-DEFAULTS = {**ARCHIVE_OPTIONS, "image_size": 84, "crop": "banner", "split_sizes": [50, 25, 25],
-            "split_seed": 0}
+OPTIONS = {
+    **ARCHIVE_OPTIONS,
+    "image_size": image_size(84),
+    "crop": Option(str, "banner", "banner: cut the copyright banner | bbox: the aircraft's box | none",
+                   choices=("banner", "bbox", "none")),
+    "split_sizes": Option(list, [50, 25, 25], "variants per split [train, val, test] (sum: 100)",
+                          items=int, min=1, length=3),
+    "split_seed": Option(int, 0, "seed of the permutation that assigns variants to splits",
+                         min=0, max=2**32 - 1),
+}
+DEFAULTS = defaults(OPTIONS)
 
 
 def variant_split(variants: list[str], sizes: list[int], seed: int) -> dict[str, str]:
@@ -111,7 +122,7 @@ def _crops(data: Path, crop: str, ids: list[str]) -> dict | None:
 
 
 def _check(name: str, opts: dict) -> dict:
-    opts = check_archive_options(name, check_options(name, opts, DEFAULTS), ARCHIVE)
+    opts = check_archive_options(name, check_options(name, opts, OPTIONS), ARCHIVE)
     check_int(name, "image_size", opts["image_size"], 8, 512)
     check_choice(name, "crop", opts["crop"], ("banner", "bbox", "none"))
     check_int(name, "split_seed", opts["split_seed"], 0, 2**32 - 1)
@@ -123,7 +134,7 @@ def _check(name: str, opts: dict) -> dict:
     return opts
 
 
-@register_source("aircraft")
+@declare(OPTIONS)
 def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     opts = _check(name, options)
     root, origin = official_archive(name, opts, Path(raw_dir), ARCHIVE, extract_to_folder=True,

@@ -42,11 +42,13 @@ from mtml.data.imageset import (
     check_archive_options,
     check_int,
     decode_images,
+    image_size,
     official_archive,
     write_classes,
 )
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.errors import UserError
+from mtml.options import defaults
 
 ARCHIVE = Archive(url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                   filename="cifar-100-python.tar.gz", md5="eb9058c3a382ffc7106e4002c42a8d85",
@@ -114,7 +116,8 @@ FC100_SPLIT: dict[str, list[str]] = {
     "test": ["aquatic_mammals", "insects", "medium_mammals", "people"],
 }
 
-DEFAULTS = {**ARCHIVE_OPTIONS, "image_size": 32}
+OPTIONS = {**ARCHIVE_OPTIONS, "image_size": image_size(32)}
+DEFAULTS = defaults(OPTIONS)
 
 
 def _class_specs(variant: str) -> list[ClassSpec]:
@@ -196,7 +199,7 @@ def _images_and_labels(parts: dict[str, dict], where: Path) -> tuple[np.ndarray,
 # -- the sources --------------------------------------------------------------------------
 
 def _prepare(variant: str, name: str, options: dict, raw_dir: Path, out_dir: Path) -> None:
-    opts = check_options(name, options, DEFAULTS)
+    opts = check_options(name, options, OPTIONS)
     opts = check_archive_options(name, opts, ARCHIVE)
     size = check_int(name, "image_size", opts["image_size"], 8, 512)
     path, origin = official_archive(name, opts, Path(raw_dir), ARCHIVE, extract_to_folder=False,
@@ -229,12 +232,12 @@ def _prepare(variant: str, name: str, options: dict, raw_dir: Path, out_dir: Pat
     write_classes(out_dir, np.ascontiguousarray(picked), specs, counts, meta)
 
 
-@register_source("cifar-fs")
+@declare(OPTIONS)
 def prepare_cifar_fs(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     _prepare("cifar-fs", name, options, raw_dir, out_dir)
 
 
-@register_source("fc100")
+@declare(OPTIONS)
 def prepare_fc100(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     _prepare("fc100", name, options, raw_dir, out_dir)
 

@@ -32,17 +32,22 @@ from mtml.data.imageset import (
     check_choice,
     check_int,
     clipped,
+    image_size,
     official_archive,
     split_order,
 )
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 
 ARCHIVE = Archive(url="https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
                   filename="CUB_200_2011.tgz", md5="97eceeb196236b17998738112f37df78", size=1_150_585_339)
 ROOT = "CUB_200_2011"
 N_CLASSES, N_IMAGES = 200, 11_788
-DEFAULTS = {**ARCHIVE_OPTIONS, "image_size": 84, "crop": "none"}
+OPTIONS = {**ARCHIVE_OPTIONS, "image_size": image_size(84),
+           "crop": Option(str, "none", "none | bbox: crop each image to its bounding box first",
+                          choices=("none", "bbox"))}
+DEFAULTS = defaults(OPTIONS)
 
 
 def chen_split(class_index: int) -> str:
@@ -66,9 +71,9 @@ def _table(path: Path, columns: int) -> list[list[str]]:
     return rows
 
 
-@register_source("cub")
+@declare(OPTIONS)
 def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
-    opts = check_archive_options(name, check_options(name, options, DEFAULTS), ARCHIVE)
+    opts = check_archive_options(name, check_options(name, options, OPTIONS), ARCHIVE)
     size = check_int(name, "image_size", opts["image_size"], 8, 512)
     crop = check_choice(name, "crop", opts["crop"], ("none", "bbox"))
     root, origin = official_archive(name, opts, Path(raw_dir), ARCHIVE, extract_to_folder=True,

@@ -30,27 +30,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.data.storage import SPLITS, write_prepared
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 from mtml.utils import derive_seed
 
 GENERATOR_VERSION = 1
 STYLES = ("standard", "shifted")
 
-DEFAULTS: dict = {
-    "style": "standard",           # standard (Bezier strokes) | shifted (angular, thick pen)
-    "image_size": 28,              # output images are image_size x image_size
-    "alphabets": 30,
-    "characters_per_alphabet": 20,
-    "drawers": 20,                 # samples per character
-    "split": [20, 5, 5],           # alphabets for train/val/test: counts or relative weights
-    "jitter": 1.0,                 # x drawer shape noise (control points, stroke shift, warp)
-    "translate": 1.0,              # x drawer translation
-    "affine": 1.0,                 # x drawer rotation / scale / aspect / shear
-    "stroke_width": 1.0,           # x the style's pen width
-    "width_jitter": 1.0,           # x drawer pen-width variation
+OPTIONS = {
+    "style": Option(str, "standard", "standard (Bezier strokes) | shifted (angular, thick pen)",
+                    choices=STYLES),
+    "image_size": Option(int, 28, "output images are image_size x image_size", min=8),
+    "alphabets": Option(int, 30, "alphabets (the split is by alphabet)", min=1),
+    "characters_per_alphabet": Option(int, 20, "characters (classes) per alphabet", min=1),
+    "drawers": Option(int, 20, "samples per character", min=1),
+    "split": Option((list, dict), [20, 5, 5], "alphabets for train/val/test: counts or relative "
+                    "weights, as [train, val, test] or {train: .., val: .., test: ..}",
+                    items=float, min=0, length=3),
+    "jitter": Option(float, 1.0, "x drawer shape noise (control points, stroke shift, warp)", min=0),
+    "translate": Option(float, 1.0, "x drawer translation", min=0),
+    "affine": Option(float, 1.0, "x drawer rotation / scale / aspect / shear", min=0),
+    "stroke_width": Option(float, 1.0, "x the style's pen width", min=0, above=True),
+    "width_jitter": Option(float, 1.0, "x drawer pen-width variation", min=0),
 }
+DEFAULTS = defaults(OPTIONS)
 
 # Calibrated base magnitudes (the knobs above multiply them). Units: the image spans [-1, 1],
 # so 0.07 is about 1 pixel at 28x28.
@@ -82,22 +87,6 @@ BASIS = {
 
 def _key(dataset: str, key: str) -> str:
     return f"params key 'datasets.{dataset}.options.{key}'"
-
-
-def _check_int(opts: dict, dataset: str, key: str, minimum: int) -> int:
-    value = opts[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise UserError(f"{_key(dataset, key)} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_float(opts: dict, dataset: str, key: str, positive: bool = False) -> float:
-    value = opts[key]
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise UserError(f"{_key(dataset, key)} must be a number {bound}; got {value!r}")
-    return float(value)
 
 
 def resolve_split(split, alphabets: int, dataset: str = "glyphs") -> list[int]:
@@ -145,15 +134,11 @@ def resolve_split(split, alphabets: int, dataset: str = "glyphs") -> list[int]:
 
 def resolve_options(options: dict, dataset: str = "glyphs") -> dict:
     """Fill defaults, reject unknown keys and bad values with a UserError naming the key."""
-    opts = check_options(dataset, dict(options or {}), DEFAULTS)
-    if opts["style"] not in STYLES:
-        raise UserError(f"{_key(dataset, 'style')} must be one of {', '.join(STYLES)}; got {opts['style']!r}")
-    opts["image_size"] = _check_int(opts, dataset, "image_size", 8)
-    for key in ("alphabets", "characters_per_alphabet", "drawers"):
-        opts[key] = _check_int(opts, dataset, key, 1)
-    for key in ("jitter", "translate", "affine", "width_jitter"):
-        opts[key] = _check_float(opts, dataset, key)
-    opts["stroke_width"] = _check_float(opts, dataset, "stroke_width", positive=True)
+    opts = check_options(dataset, dict(options or {}), OPTIONS)
+    for key in ("image_size", "alphabets", "characters_per_alphabet", "drawers"):
+        opts[key] = int(opts[key])
+    for key in ("jitter", "translate", "affine", "width_jitter", "stroke_width"):
+        opts[key] = float(opts[key])
     opts["split"] = resolve_split(opts["split"], opts["alphabets"], dataset)
     return opts
 
@@ -404,9 +389,9 @@ def generate(options: dict, seed: int, dataset: str = "glyphs"):
     return images, labels, classes, meta
 
 
-@register_source("glyphs")
+@declare(OPTIONS, check=resolve_options)
 def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     """Generate the glyphs dataset into `out_dir` (nothing to download; raw_dir is unused)."""
-    opts = check_options(name, options, DEFAULTS)
+    opts = check_options(name, options, OPTIONS)
     images, labels, classes, meta = generate(opts, seed, dataset=name)
     write_prepared(out_dir, images, labels, classes, meta)

@@ -67,11 +67,13 @@ from mtml.data.imageset import (
     check_choice,
     check_int,
     check_path,
+    image_size,
     key,
 )
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.data.storage import SPLITS
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 
 # Ravi & Larochelle 2017, data/miniImagenet/{train,val,test}.csv: the wnids of each split.
 MINI_SPLIT: dict[str, list[str]] = {
@@ -119,11 +121,24 @@ RAVI_CSV_URL = "https://github.com/twitter/meta-learning-lstm/tree/master/data/m
 REN_CSV_URL = "https://github.com/renmengye/few-shot-ssl-public/tree/master/fewshot/data/tiered_imagenet_split"
 WNID = re.compile(r"^n\d{8}$")
 
-MINI_DEFAULTS = {"local": None, "layout": "auto", "split_csv": None,
-                 "images_per_class": MINI_IMAGES_PER_CLASS, "image_size": 84}
-TIERED_DEFAULTS = {"local": None, "layout": "auto", "split_csv": None, "image_size": 84}
 MINI_LAYOUTS = ("auto", "ilsvrc", "ravi", "folders", "pickle")
 TIERED_LAYOUTS = ("auto", "ilsvrc", "folders", "pickle")
+TIERED_OPTIONS = {
+    "local": Option(str, None, "the folder holding the data (see docs/datasets.md for the layouts)"),
+    "layout": Option(str, "auto", "how the folder is laid out; auto: detect it", choices=TIERED_LAYOUTS),
+    "split_csv": Option(str, None, "ilsvrc layout: a folder with the split CSVs (train/val/test.csv)"),
+    "image_size": image_size(84),
+}
+MINI_OPTIONS = {  # in this order (it is the order of the options recorded in meta.json)
+    "local": TIERED_OPTIONS["local"],
+    "layout": Option(str, "auto", "how the folder is laid out; auto: detect it", choices=MINI_LAYOUTS),
+    "split_csv": TIERED_OPTIONS["split_csv"],
+    "images_per_class": Option(int, MINI_IMAGES_PER_CLASS, "ilsvrc layout without split_csv: images "
+                               "taken per class", min=1, max=1300),
+    "image_size": TIERED_OPTIONS["image_size"],
+}
+MINI_DEFAULTS = defaults(MINI_OPTIONS)
+TIERED_DEFAULTS = defaults(TIERED_OPTIONS)
 
 
 # -- what the user must provide -------------------------------------------------------------
@@ -428,8 +443,8 @@ def _pickle_files(root: Path, source: str) -> list[Path]:
 
 
 def _options(name: str, source: str, options: dict) -> tuple[dict, Path, str]:
-    defaults, layouts = (MINI_DEFAULTS, MINI_LAYOUTS) if source == "miniimagenet" else (TIERED_DEFAULTS, TIERED_LAYOUTS)
-    opts = check_options(name, options, defaults)
+    declared, layouts = (MINI_OPTIONS, MINI_LAYOUTS) if source == "miniimagenet" else (TIERED_OPTIONS, TIERED_LAYOUTS)
+    opts = check_options(name, options, declared)
     if opts["local"] is None:
         raise _missing_local(name, source)
     root = check_path(name, "local", opts["local"])
@@ -474,7 +489,7 @@ def _finish(name: str, source: str, col: Collected, opts: dict, root: Path, layo
     col.decode_and_write(out_dir, opts["image_size"], f"decode {name}", meta, scratch_dir=raw_dir)
 
 
-@register_source("miniimagenet")
+@declare(MINI_OPTIONS)
 def prepare_mini(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     opts, root, layout = _options(name, "miniimagenet", options)
     if layout == "ilsvrc":
@@ -490,7 +505,7 @@ def prepare_mini(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: i
     _finish(name, "miniimagenet", col, opts, root, layout, info, raw_dir, out_dir, complete)
 
 
-@register_source("tieredimagenet")
+@declare(TIERED_OPTIONS)
 def prepare_tiered(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     opts, root, layout = _options(name, "tieredimagenet", options)
     col, info = _tiered_pickle(name, root) if layout == "pickle" else _tiered_from_folders(name, root, opts, layout)

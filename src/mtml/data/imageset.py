@@ -34,6 +34,7 @@ import pandas as pd
 from mtml.data.download import extract, fetch
 from mtml.data.storage import SPLITS, write_prepared
 from mtml.errors import UserError
+from mtml.options import Option
 from mtml.utils import file_md5, progress
 
 MAX_WORKERS = 32
@@ -97,7 +98,21 @@ class Archive:
         return self.filename
 
 
-ARCHIVE_OPTIONS = {"url": None, "md5": None, "size": None, "local": None}
+MD5_PATTERN = "[0-9a-fA-F]{32}"
+# The options of a source that downloads one official archive (declared; see mtml.options).
+ARCHIVE_OPTIONS = {
+    "url": Option(str, None, "a mirror of the official archive; null: the official URL",
+                  pattern="[A-Za-z][A-Za-z0-9+.-]*://.+", what="a URL (http(s)://...)"),
+    "md5": Option(str, None, "the archive's md5 (with url: the mirror's file); null: the official one",
+                  pattern=MD5_PATTERN, what="a 32-digit hex md5"),
+    "size": Option(int, None, "the archive's size in bytes; null: the official size (unknown for a mirror)",
+                   min=1, max=2**50),
+    "local": Option(str, None, "a local copy (the archive or its extracted folder); nothing is downloaded"),
+}
+
+
+def image_size(default: int) -> Option:
+    return Option(int, default, "images are resized to image_size x image_size", min=8, max=512)
 
 
 def check_archive_options(name: str, opts: dict, archive: Archive) -> dict:

@@ -51,9 +51,10 @@ import numpy as np
 import pandas as pd
 
 from mtml.data.download import fetch, unsafe_member
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.data.storage import SPLITS, write_prepared
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 from mtml.utils import file_md5, progress
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
@@ -73,17 +74,23 @@ DEFAULT_VAL_ALPHABETS = [
     "Ojibwe_(Canadian_Aboriginal_Syllabics)",
     "Tagalog",
 ]
-DEFAULTS = {
-    "archives": FULL_ARCHIVES,
-    "base_url": BASE_URL,
-    "md5": None,
-    "local": None,
-    "image_size": 28,
-    "invert": True,
-    "rotations": False,
-    "split": None,
-    "val_alphabets": None,
+OPTIONS = {
+    "archives": Option((str, list), FULL_ARCHIVES, "archive file names to read (the split is by "
+                       "alphabet; evaluation alphabets are the test split)", items=str),
+    "base_url": Option(str, BASE_URL, "where the archives are downloaded from"),
+    "md5": Option(dict, None, "archive name -> md5, pinning (or overriding) the built-in checksums",
+                  items=str),
+    "local": Option((str, dict), None, "a folder holding the zips (or their extracted folders), a zip, "
+                    "or archive name -> path; nothing is downloaded", items=str),
+    "image_size": Option(int, 28, "images are resized to image_size x image_size (originals: 105)",
+                         min=4, max=512),
+    "invert": Option(bool, True, "strokes white on black (the originals are black on white)"),
+    "rotations": Option(bool, False, "add 90/180/270-degree rotations as further classes"),
+    "split": Option(dict, None, "{train: [alphabets], val: [...], test: [...]}; null: the default split"),
+    "val_alphabets": Option(list, None, "default split: the background alphabets used for validation",
+                            items=str),
 }
+DEFAULTS = defaults(OPTIONS)
 ROTATIONS = (0, 90, 180, 270)
 # Decoding threads (PIL releases the GIL while it inflates and resamples).
 MAX_WORKERS = 8
@@ -94,7 +101,7 @@ def _key(name: str, key: str) -> str:
 
 
 def _check(name: str, options: dict) -> dict:
-    opts = check_options(name, options, DEFAULTS)
+    opts = check_options(name, options, OPTIONS)
     archives = opts["archives"]
     if isinstance(archives, str):
         archives = [archives]
@@ -353,7 +360,7 @@ def _assign_splits(name: str, opts: dict, alphabet_archive: dict[str, str]) -> d
 
 # -- the source ---------------------------------------------------------------------------
 
-@register_source("omniglot")
+@declare(OPTIONS, check=lambda opts, name: _check(name, opts))
 def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     opts = _check(name, options)
     located = _locate(name, opts, Path(raw_dir))

@@ -26,13 +26,31 @@ import json
 import os
 from pathlib import Path
 
-from mtml.data.imageset import IMAGE_SUFFIXES, ClassSpec, Collected, check_choice, check_int, check_path, key
-from mtml.data.sources import check_options, register_source
+from mtml.data.imageset import (
+    IMAGE_SUFFIXES,
+    ClassSpec,
+    Collected,
+    check_choice,
+    check_int,
+    check_path,
+    image_size,
+    key,
+)
+from mtml.data.sources import check_options, declare
 from mtml.data.storage import SPLITS
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 
 MINIPLACES_URL = "https://github.com/CSAILVision/miniplaces"
-DEFAULTS = {"local": None, "image_size": 84, "images_per_class": 600, "split": "test"}
+OPTIONS = {
+    "local": Option(str, None, "a folder with one sub-folder of images per scene class"),
+    "image_size": image_size(84),
+    "images_per_class": Option(int, 600, "images taken per class (null: all)", min=1, max=100_000,
+                               nullable=True),
+    "split": Option(str, "test", "the split every class goes to (a cross-domain test set: test)",
+                    choices=SPLITS),
+}
+DEFAULTS = defaults(OPTIONS)
 
 
 def _is_image(name: str) -> bool:
@@ -53,7 +71,7 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
 
 
 def resolve_options(name: str, options: dict) -> tuple[dict, Path]:
-    opts = check_options(name, options, DEFAULTS)
+    opts = check_options(name, options, OPTIONS)
     if opts["local"] is None:
         raise UserError(
             f"dataset {name!r} (source miniplaces) needs a local copy: Places has no download here. "
@@ -71,7 +89,7 @@ def resolve_options(name: str, options: dict) -> tuple[dict, Path]:
     return opts, root
 
 
-@register_source("miniplaces")
+@declare(OPTIONS)
 def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     """Read the class folders under `options.local` into the prepared form (nothing is fetched)."""
     opts, root = resolve_options(name, options)

@@ -33,16 +33,16 @@ Randomness is keyed by (seed, 'scenes', style, environment, room type), room typ
 from __future__ import annotations
 
 import colorsys
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.data.storage import SPLITS, write_prepared
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 from mtml.utils import derive_seed
 
 GENERATOR_VERSION = 1
@@ -51,15 +51,19 @@ MAX_OBJECTS = 4
 RAYS_PER_CHUNK = 1 << 17
 NOISE_SIGMA = 2.0 / 255.0
 
-DEFAULTS: dict = {
-    "style": "standard",          # standard | shifted (another family of environments)
-    "image_size": 32,             # images are image_size x image_size RGB
-    "environments": [12, 4, 4],   # environments per split [train, val, test]
-    "room_types": [12, 5, 5],     # scene classes per split [train, val, test]
-    "images_per_class": 20,       # images per (environment, room type)
-    "supersample": 2,             # RGB anti-aliasing: supersample x supersample rays per pixel
-    "noise": 1.0,                 # x sensor noise (sigma 2/255)
+OPTIONS = {
+    "style": Option(str, "standard", "standard | shifted (another family of environments)",
+                    choices=STYLES),
+    "image_size": Option(int, 32, "images are image_size x image_size RGB", min=8),
+    "environments": Option(list, [12, 4, 4], "environments per split [train, val, test]",
+                           items=int, min=0, length=3),
+    "room_types": Option(list, [12, 5, 5], "scene classes per split [train, val, test]",
+                         items=int, min=0, length=3),
+    "images_per_class": Option(int, 20, "images per (environment, room type)", min=1),
+    "supersample": Option(int, 2, "RGB anti-aliasing: supersample x supersample rays per pixel", min=1),
+    "noise": Option(float, 1.0, "x sensor noise (sigma 2/255)", min=0),
 }
+DEFAULTS = defaults(OPTIONS)
 
 # Texture patterns (walls and floors).
 PLAIN, VSTRIPES, HSTRIPES, CHECKER, DIAGONAL, DOTS = range(6)
@@ -100,39 +104,20 @@ def _key(dataset: str, key: str) -> str:
     return f"params key 'datasets.{dataset}.options.{key}'"
 
 
-def _int_at_least(value, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise UserError(f"{where} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _split_counts(value, where: str) -> list[int]:
-    if not isinstance(value, list | tuple) or len(value) != 3:
-        raise UserError(f"{where} must be counts per split [train, val, test]; got {value!r}")
-    counts = [_int_at_least(v, where, 0) for v in value]
-    if counts[0] < 1:
-        raise UserError(f"{where} gives the train split nothing; got {value!r}")
-    return counts
-
-
 def resolve_options(options: dict, dataset: str = "scenes") -> dict:
     """Fill defaults, reject unknown keys and bad values with a UserError naming the key."""
-    opts = check_options(dataset, dict(options or {}), DEFAULTS)
-    if opts["style"] not in STYLES:
-        raise UserError(f"{_key(dataset, 'style')} must be one of {', '.join(STYLES)}; got {opts['style']!r}")
-    opts["image_size"] = _int_at_least(opts["image_size"], _key(dataset, "image_size"), 8)
-    opts["images_per_class"] = _int_at_least(opts["images_per_class"], _key(dataset, "images_per_class"), 1)
-    opts["supersample"] = _int_at_least(opts["supersample"], _key(dataset, "supersample"), 1)
+    opts = check_options(dataset, dict(options or {}), OPTIONS)
+    for key in ("image_size", "images_per_class", "supersample"):
+        opts[key] = int(opts[key])
     for key in ("environments", "room_types"):
-        opts[key] = _split_counts(opts[key], _key(dataset, key))
+        opts[key] = [int(v) for v in opts[key]]
+        if opts[key][0] < 1:
+            raise UserError(f"{_key(dataset, key)} gives the train split nothing; got {opts[key]!r}")
     for split, e, r in zip(SPLITS, opts["environments"], opts["room_types"]):
         if e > 0 and r == 0:
             raise UserError(f"{_key(dataset, 'room_types')} gives split {split!r} no room types "
                             f"but {_key(dataset, 'environments')} gives it {e} environments")
-    noise = opts["noise"]
-    if not isinstance(noise, numbers.Real) or isinstance(noise, bool) or not 0 <= noise < np.inf:
-        raise UserError(f"{_key(dataset, 'noise')} must be a number >= 0; got {noise!r}")
-    opts["noise"] = float(noise)
+    opts["noise"] = float(opts["noise"])
     return opts
 
 
@@ -533,7 +518,7 @@ def generate(options: dict, seed: int, dataset: str = "scenes"):
     return images, labels, classes, meta, extras
 
 
-@register_source("scenes")
+@declare(OPTIONS, check=resolve_options)
 def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     """Render the scenes dataset into `out_dir` (nothing to download; raw_dir is unused)."""
     images, labels, classes, meta, extras = generate(options, seed, dataset=name)

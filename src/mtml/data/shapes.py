@@ -33,24 +33,28 @@ import numpy as np
 import pandas as pd
 
 from mtml.data.glyphs import resolve_split
-from mtml.data.sources import check_options, register_source
+from mtml.data.sources import check_options, declare
 from mtml.data.storage import SPLITS, write_prepared
 from mtml.errors import UserError
+from mtml.options import Option, defaults
 from mtml.utils import derive_seed
 
 GENERATOR_VERSION = 1
 PATTERNS = ("stripes", "checks", "dots", "rings", "gradient")
 
-DEFAULTS: dict = {
-    "image_size": 28,            # output images are image_size x image_size, RGB
-    "groups": 16,
-    "shapes_per_group": 4,
-    "schemes_per_group": 3,      # classes per group = shapes_per_group x schemes_per_group
-    "samples": 20,               # images per class
-    "split": [10, 3, 3],         # groups for train/val/test: counts or relative weights
-    "jitter": 1.0,               # x per-sample geometry (rotation, scale, aspect, shift)
-    "noise": 1.0,                # x per-sample colour change and pixel noise
+OPTIONS = {
+    "image_size": Option(int, 28, "output images are image_size x image_size, RGB", min=16),
+    "groups": Option(int, 16, "groups of classes (the split is by group)", min=1),
+    "shapes_per_group": Option(int, 4, "outlines per group", min=1),
+    "schemes_per_group": Option(int, 3, "colour schemes per group; classes per group = "
+                                "shapes_per_group x schemes_per_group", min=1),
+    "samples": Option(int, 20, "images per class", min=1),
+    "split": Option((list, dict), [10, 3, 3], "groups for train/val/test: counts or relative weights",
+                    items=float, min=0, length=3),
+    "jitter": Option(float, 1.0, "x per-sample geometry (rotation, scale, aspect, shift)", min=0),
+    "noise": Option(float, 1.0, "x per-sample colour change and pixel noise", min=0),
 }
+DEFAULTS = defaults(OPTIONS)
 
 # Base magnitudes (the knobs multiply them); the image spans [-1, 1].
 RADIUS = 0.62          # outline radius before sample changes
@@ -72,18 +76,11 @@ def _key(dataset: str, key: str) -> str:
 
 def resolve_options(options: dict, dataset: str = "shapes") -> dict:
     """Fill defaults, reject unknown keys and bad values with a UserError naming the key."""
-    opts = check_options(dataset, dict(options or {}), DEFAULTS)
-    minimum = {"image_size": 16, "groups": 1, "shapes_per_group": 1, "schemes_per_group": 1, "samples": 1}
-    for key, low in minimum.items():
-        v = opts[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            raise UserError(f"{_key(dataset, key)} must be an integer >= {low}; got {v!r}")
-        opts[key] = int(v)
+    opts = check_options(dataset, dict(options or {}), OPTIONS)
+    for key in ("image_size", "groups", "shapes_per_group", "schemes_per_group", "samples"):
+        opts[key] = int(opts[key])
     for key in ("jitter", "noise"):
-        v = opts[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0:
-            raise UserError(f"{_key(dataset, key)} must be a number >= 0; got {v!r}")
-        opts[key] = float(v)
+        opts[key] = float(opts[key])
     split = opts["split"]
     if isinstance(split, list | tuple) and len(split) == 3 and all(
             isinstance(v, numbers.Real) and not isinstance(v, bool) for v in split):
@@ -250,7 +247,7 @@ def generate(options: dict, seed: int, dataset: str = "shapes"):
     return np.concatenate(images), labels, classes, meta
 
 
-@register_source("shapes")
+@declare(OPTIONS, check=resolve_options)
 def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -> None:
     """Generate the shapes dataset into `out_dir` (nothing to download; raw_dir is unused)."""
     images, labels, classes, meta = generate(options, seed, dataset=name)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mtml.errors import UserError
+from mtml.options import Option, check_options
+from mtml.options import defaults as option_defaults
 
 
 @dataclass
@@ -49,12 +50,23 @@ def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
 class MetaLearner(nn.Module):
     """Base class: `meta_loss` for training, `predict` for evaluation, `embed` for NIL.
 
-    Hyperparameters come from params (`method_config.<name>`); `defaults` lists every key a
-    method accepts, so a typo is caught by `build` with the allowed keys in the message.
+    Hyperparameters come from params (`methods.<name>`). `options` declares every key a
+    method accepts (type, bounds, default, description; see mtml.options), so a typo or a bad
+    value is caught when params are validated, with the key in the message. `defaults`
+    ({key: default}) is derived from it.
     """
 
+    options: dict[str, Option] = {}
     defaults: dict = {}
+    algorithm: str = ""
     trainable = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "options" in cls.__dict__:
+            cls.defaults = option_defaults(cls.options)
+        elif "defaults" in cls.__dict__:  # an undeclared method: any value, keys still checked
+            cls.options = {k: Option(object, v, "(undeclared)") for k, v in cls.defaults.items()}
 
     def __init__(self, hp: dict, image_shape: tuple[int, int, int], ways: int):
         super().__init__()
@@ -112,14 +124,15 @@ class MetaLearner(nn.Module):
         return {"loss": float(loss.detach()), **stats}
 
 
-REGISTRY: dict[str, type[MetaLearner]] = {}
-
-
 def register(name: str) -> Callable[[type[MetaLearner]], type[MetaLearner]]:
+    """Name a class's algorithm; the class must be listed under that name in
+    mtml.methods.ALGORITHMS (the one table of algorithms)."""
     def wrap(cls: type[MetaLearner]) -> type[MetaLearner]:
-        if name in REGISTRY:
-            raise RuntimeError(f"algorithm {name!r} registered twice")
-        REGISTRY[name] = cls
+        from mtml.methods import ALGORITHMS
+
+        where = f"{cls.__module__}:{cls.__qualname__}"
+        if ALGORITHMS.get(name) != where:
+            raise RuntimeError(f"algorithm {name!r} ({where}) is not listed so in mtml.methods.ALGORITHMS")
         cls.algorithm = name
         return cls
 
@@ -127,22 +140,16 @@ def register(name: str) -> Callable[[type[MetaLearner]], type[MetaLearner]]:
 
 
 def resolve_hparams(method: str, config: dict) -> tuple[type[MetaLearner], dict]:
-    """Check a method's params entry and fill in its defaults."""
-    config = dict(config)
+    """Check a method's params entry against its algorithm's declared options and fill in
+    its defaults."""
+    from mtml.methods import METHODS
+
+    config = dict(config or {})
     algorithm = config.pop("algorithm", method)
-    if algorithm not in REGISTRY:
-        raise UserError(
-            f"params key 'methods.{method}.algorithm' is {algorithm!r}; "
-            f"allowed: {', '.join(sorted(REGISTRY))}"
-        )
-    cls = REGISTRY[algorithm]
-    unknown = sorted(set(config) - set(cls.defaults))
-    if unknown:
-        raise UserError(
-            f"params key 'methods.{method}.{unknown[0]}' is not a {algorithm} "
-            f"hyperparameter; allowed: {', '.join(sorted(cls.defaults)) or '(none)'}"
-        )
-    return cls, {**cls.defaults, **config}
+    cls = METHODS.resolve(algorithm, f"methods.{method}.algorithm")
+    hp = check_options(config, cls.options, f"methods.{method}",
+                       unknown=f"is not a {algorithm} hyperparameter")
+    return cls, hp
 
 
 def build(method: str, config: dict, image_shape, ways: int) -> MetaLearner:

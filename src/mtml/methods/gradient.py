@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mtml.methods.base import Episode, MetaLearner, accuracy, register
 from mtml.methods.inner_loop import Params, UpdateRule, adapt, named_params, sgd_update
 from mtml.models.conv4 import Classifier
+from mtml.options import Option
 
 
 @dataclass
@@ -40,12 +41,12 @@ class TaskOutcome:
 
 @register("maml")
 class MAML(MetaLearner):
-    defaults = {
-        "filters": 32,
-        "inner_lr": 0.4,
-        "inner_steps": 1,
-        "eval_inner_steps": 3,
-        "first_order": False,
+    options = {
+        "filters": Option(int, 32, "conv filters per layer of the Conv-4 backbone", min=1),
+        "inner_lr": Option(float, 0.4, "inner-loop SGD step size", min=0),
+        "inner_steps": Option(int, 1, "inner-loop steps in meta-training", min=0),
+        "eval_inner_steps": Option(int, 3, "inner-loop steps at evaluation", min=0),
+        "first_order": Option(bool, False, "drop second derivatives (first-order MAML)"),
     }
     head_only = False
 
@@ -137,8 +138,13 @@ class MetaSGD(MAML):
     inner step by default, as in the paper. `learn_lr: false` freezes alpha (then it is MAML
     with a constant learning rate)."""
 
-    defaults = {**MAML.defaults, "inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1,
-                "learn_lr": True}
+    options = {
+        **MAML.options,
+        "inner_lr": Option(float, 0.4, "initial value of every learned learning rate", min=0),
+        "inner_steps": Option(int, 1, "inner-loop steps in meta-training", min=0),
+        "eval_inner_steps": Option(int, 1, "inner-loop steps at evaluation", min=0),
+        "learn_lr": Option(bool, True, "meta-learn the learning rates (false: MAML with a constant rate)"),
+    }
 
     def __init__(self, hp, image_shape, ways):
         super().__init__(hp, image_shape, ways)

@@ -29,10 +29,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mtml.errors import UserError
 from mtml.methods.base import register
 from mtml.methods.gradient import MAML
 from mtml.methods.inner_loop import Params, UpdateRule
+from mtml.options import Option
 
 
 def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
@@ -106,22 +106,21 @@ class LSTMOptimizer(nn.Module):
 
 @register("metalstm")
 class MetaLSTM(MAML):
-    defaults = {
-        "filters": 32,
-        "inner_lr": 0.1,  # the input gate's initial value (a learning rate)
-        "inner_steps": 5,
-        "eval_inner_steps": 5,  # the LSTM is trained for `inner_steps`; more is extrapolation
-        "first_order": True,  # Ravi & Larochelle ignore the loss's second derivatives
-        "hidden": 20,  # encoder LSTM units (Ravi & Larochelle: 20)
-        "forget_bias": 5.0,  # initial forget-gate bias: f = sigmoid(5) ~ 0.993
-        "grad_clip": 0.25,  # meta-gradient norm clip (Ravi & Larochelle; 0 = off)
+    options = {
+        "filters": Option(int, 32, "conv filters per layer of the Conv-4 backbone", min=1),
+        "inner_lr": Option(float, 0.1, "the input gate's initial value (a learning rate)",
+                           min=0, above=True, max=1, below=True),
+        "inner_steps": Option(int, 5, "inner-loop steps in meta-training", min=0),
+        "eval_inner_steps": Option(int, 5, "inner-loop steps at evaluation (the LSTM is trained "
+                                   "for inner_steps; more is extrapolation)", min=0),
+        "first_order": Option(bool, True, "ignore the loss's second derivatives (Ravi & Larochelle)"),
+        "hidden": Option(int, 20, "encoder LSTM units (Ravi & Larochelle: 20)", min=1),
+        "forget_bias": Option(float, 5.0, "initial forget-gate bias: f = sigmoid(5) ~ 0.993"),
+        "grad_clip": Option(float, 0.25, "meta-gradient norm clip (Ravi & Larochelle; 0 = off)", min=0),
     }
     sequential = True  # update the meta-model after every task
 
     def __init__(self, hp, image_shape, ways):
-        if not 0 < hp["inner_lr"] < 1:
-            raise UserError(f"params key 'inner_lr' of a {self.algorithm} method is {hp['inner_lr']!r}; "
-                            "it is the input gate's initial value, so 0 < inner_lr < 1")
         super().__init__(hp, image_shape, ways)
         self.optimizer_net = LSTMOptimizer(hp["hidden"], hp["inner_lr"], hp["forget_bias"])
 

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from mtml.methods.base import Episode, MetaLearner, accuracy, register
 from mtml.models.conv4 import Conv4
+from mtml.options import Option
 
 
 def prototypes(support: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -23,7 +24,7 @@ def squared_euclidean_logits(query: Tensor, protos: Tensor) -> Tensor:
 
 @register("protonet")
 class ProtoNet(MetaLearner):
-    defaults = {"filters": 32}
+    options = {"filters": Option(int, 32, "conv filters per layer of the Conv-4 backbone", min=1)}
 
     def __init__(self, hp, image_shape, ways):
         super().__init__(hp, image_shape, ways)
@@ -52,7 +53,7 @@ class ProtoNet(MetaLearner):
 class PixelNearestNeighbour(MetaLearner):
     """1-nearest-neighbour on raw pixels (Euclidean); nothing to train."""
 
-    defaults = {}
+    options = {}
     trainable = False
 
     def predict(self, episode):

@@ -25,11 +25,18 @@ from mtml.methods.gradient import MAML, TaskOutcome
 from mtml.methods.inner_loop import adapt, named_params
 from mtml.methods.metric import ProtoNet, prototypes, squared_euclidean_logits
 from mtml.models.modulation import Conditioned, TaskConditioner
+from mtml.options import Option
 
 # embed_dim: size of v_T; encoder_filters: the task encoder's Conv-4 width; generator_hidden:
 # hidden units of KML's u and w MLPs (0: linear); film_at: block (each block's output, through
 # Conv4's block_hook) or norm (after BatchNorm, before ReLU, as MMAML). KML ignores film_at.
-CONDITIONING = {"embed_dim": 32, "encoder_filters": 16, "generator_hidden": 16, "film_at": "block"}
+CONDITIONING = {
+    "embed_dim": Option(int, 32, "size of the task embedding v_T", min=1),
+    "encoder_filters": Option(int, 16, "the task encoder's Conv-4 width", min=1),
+    "generator_hidden": Option(int, 16, "hidden units of KML's u and w MLPs (0: linear)", min=0),
+    "film_at": Option(str, "block", "block: each block's output | norm: after BatchNorm, before ReLU "
+                      "(as MMAML); KML ignores it", choices=TaskConditioner.FILM_AT),
+}
 
 
 class _Modulated:
@@ -39,9 +46,6 @@ class _Modulated:
 
     def _build_conditioner(self, backbone) -> None:
         hp = self.hp
-        if hp["film_at"] not in TaskConditioner.FILM_AT:
-            raise UserError(f"{self.algorithm} hyperparameter 'film_at' is {hp['film_at']!r}; "
-                            f"allowed: {', '.join(TaskConditioner.FILM_AT)}")
         self.conditioner = TaskConditioner(self.modulation, backbone, self.image_shape, self.ways,
                                            hp["embed_dim"], hp["encoder_filters"], hp["generator_hidden"],
                                            hp["film_at"])
@@ -52,7 +56,7 @@ class _Modulated:
 
 
 class _ModulatedMAML(_Modulated, MAML):
-    defaults = {**MAML.defaults, **CONDITIONING}
+    options = {**MAML.options, **CONDITIONING}
 
     def __init__(self, hp, image_shape, ways):
         super().__init__(hp, image_shape, ways)
@@ -99,7 +103,7 @@ class MMAMLKML(_ModulatedMAML):
 
 
 class _ModulatedProtoNet(_Modulated, ProtoNet):
-    defaults = {**ProtoNet.defaults, **CONDITIONING}
+    options = {**ProtoNet.options, **CONDITIONING}
 
     def __init__(self, hp, image_shape, ways):
         super().__init__(hp, image_shape, ways)
@@ -125,6 +129,9 @@ class MProtoNet(_ModulatedProtoNet):
 @register("mprotonet-kml")
 class MProtoNetKML(_ModulatedProtoNet):
     modulation = "kml"
+
+
+MODES = Option(int, 1, "learners, one per mode (set by a multimodal experiment: its mode count)", min=1)
 
 
 class PerMode(MetaLearner):
@@ -190,10 +197,10 @@ class PerMode(MetaLearner):
 @register("multi-maml")
 class MultiMAML(PerMode):
     base = MAML
-    defaults = {**MAML.defaults, "modes": 1}
+    options = {**MAML.options, "modes": MODES}
 
 
 @register("multi-protonet")
 class MultiProtoNet(PerMode):
     base = ProtoNet
-    defaults = {**ProtoNet.defaults, "modes": 1}
+    options = {**ProtoNet.options, "modes": MODES}

@@ -55,67 +55,59 @@ from mtml.models.dense_heads import ConvDecoder, LabelCompressor
 from mtml.multitask import optimisation as mtl_opt
 from mtml.multitask.data import Subtask
 from mtml.multitask.tasks import TASKS, TaskSpec
+from mtml.options import Option
+from mtml.options import defaults as option_defaults
 
-BASE_DEFAULTS = {
-    "filters": 32,
-    "tasks": "multi",            # multi: one backbone for all tasks | single: one per task
-    "loss_weighting": "fixed",   # fixed | uncertainty (learned per-task log variances)
-    "task_weights": {},          # fixed weights per task (default 1)
-    "inner_lr": {},              # one number, or numbers per task (defaults in multitask/tasks.py)
-    "inner_steps": 5,
-    "eval_inner_steps": 10,
-    "first_order": False,
-    "pretrained_heads": [],      # tasks whose head is trained across domains, not adapted
-    # Multi-task architectures and optimisation (issue 16): see mtml.models.mtl_trunks and
-    # mtml.multitask.optimisation; loss_weighting also takes dwa | gradnorm | random there.
-    **mtl_trunks.DEFAULTS,
-    **mtl_opt.DEFAULTS,
-}
-AM_DEFAULTS = {**BASE_DEFAULTS, "attention_lr": 0.001, "attention_dim": 64, "attention_blocks": 2}
-PAM_DEFAULTS = {**AM_DEFAULTS, "kl_weight": 0.01,
-                "kl_direction": "posterior-prior"}  # KL[q || p] (ELBO) | prior-posterior: KL[p || q]
 KL_DIRECTIONS = ("posterior-prior", "prior-posterior")
+BASE_OPTIONS = {
+    "filters": Option(int, 32, "conv filters per layer of the Conv-4 backbone", min=1),
+    "tasks": Option(str, "multi", "multi: one backbone for all tasks | single: one per task",
+                    choices=("multi", "single")),
+    "loss_weighting": Option(str, "fixed", "fixed | uncertainty (learned per-task log variances) | dwa | "
+                             "gradnorm | random (mtml.multitask.optimisation)", choices=mtl_opt.LOSS_WEIGHTINGS),
+    "task_weights": Option(dict, {}, "fixed weights per task (default 1)", items=float, min=0),
+    "inner_lr": Option(float, {}, "inner-loop step size: one number, or numbers per task "
+                       "(defaults in multitask/tasks.py)", min=0, per_key=True),
+    "inner_steps": Option(int, 5, "inner-loop steps in meta-training", min=0),
+    "eval_inner_steps": Option(int, 10, "inner-loop steps at evaluation", min=0),
+    "first_order": Option(bool, False, "drop second derivatives"),
+    "pretrained_heads": Option(list, [], "tasks whose head is trained across domains, not adapted",
+                               items=str),
+    # Multi-task architectures and optimisation (issue 16): mtml.models.mtl_trunks and
+    # mtml.multitask.optimisation declare their options.
+    **mtl_trunks.OPTIONS,
+    **mtl_opt.OPTIONS,
+}
+AM_OPTIONS = {
+    **BASE_OPTIONS,
+    "attention_lr": Option(float, 0.001, "learning rate gamma of the modulators (eq. 5)", min=0),
+    "attention_dim": Option(int, 64, "width of the modulators' attention", min=1),
+    "attention_blocks": Option(int, 2, "attention blocks of a modulator", min=1),
+}
+PAM_OPTIONS = {
+    **AM_OPTIONS,
+    "kl_weight": Option(float, 0.01, "weight of the KL term", min=0),
+    "kl_direction": Option(str, "posterior-prior", "posterior-prior: KL[q || p] (the ELBO) | "
+                           "prior-posterior: KL[p || q]", choices=KL_DIRECTIONS),
+}
+BASE_DEFAULTS, AM_DEFAULTS, PAM_DEFAULTS = map(option_defaults, (BASE_OPTIONS, AM_OPTIONS, PAM_OPTIONS))
 
 
 def check_hparams(method: str, hp: dict, task_names: list[str]) -> None:
-    """Raise UserError naming `methods.<method>.<key>` for a bad multitask hyperparameter."""
+    """The checks of a multitask method's (declared-valid) hyperparameters against the
+    experiment's tasks; a UserError names `methods.<method>.<key>`."""
     key = lambda k: f"params key 'methods.{method}.{k}'"  # noqa: E731
-    if hp["tasks"] not in ("multi", "single"):
-        raise UserError(f"{key('tasks')} is {hp['tasks']!r}; allowed: multi, single")
     mtl_trunks.check(hp, key)
     mtl_opt.check(hp, key, task_names)
     if hp["architecture"] != "hard" and hp["tasks"] != "multi":
         raise UserError(f"{key('architecture')} {hp['architecture']!r} shares a trunk between tasks; it needs "
                         f"'tasks: multi' (or architecture: hard for one backbone per task)")
-    if not isinstance(hp["filters"], int) or isinstance(hp["filters"], bool) or hp["filters"] < 1:
-        raise UserError(f"{key('filters')} must be a positive integer; got {hp['filters']!r}")
-    for k in ("inner_steps", "eval_inner_steps"):
-        if not isinstance(hp[k], int) or isinstance(hp[k], bool) or hp[k] < 0:
-            raise UserError(f"{key(k)} must be an integer >= 0; got {hp[k]!r}")
-
-    def per_task(k: str, value) -> None:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            value = {}
-        if not isinstance(value, dict):
-            raise UserError(f"{key(k)} must be a number or a mapping task -> number; got {value!r}")
-        for name, v in value.items():
+    for k in ("inner_lr", "task_weights"):
+        for name in hp[k] if isinstance(hp[k], dict) else ():
             if name not in task_names:
                 raise UserError(f"{key(k)} names task {name!r}; the experiment's tasks: {', '.join(task_names)}")
-            if not isinstance(v, numbers.Real) or isinstance(v, bool) or v < 0:
-                raise UserError(f"{key(k)}.{name} must be a number >= 0; got {v!r}")
-
-    for k in ("attention_dim", "attention_blocks"):
-        if k in hp and (not isinstance(hp[k], int) or isinstance(hp[k], bool) or hp[k] < 1):
-            raise UserError(f"{key(k)} must be an integer >= 1; got {hp[k]!r}")
-    for k in ("attention_lr", "kl_weight"):
-        if k in hp and (not isinstance(hp[k], numbers.Real) or isinstance(hp[k], bool) or hp[k] < 0):
-            raise UserError(f"{key(k)} must be a number >= 0; got {hp[k]!r}")
-    if "kl_direction" in hp and hp["kl_direction"] not in KL_DIRECTIONS:
-        raise UserError(f"{key('kl_direction')} is {hp['kl_direction']!r}; allowed: {', '.join(KL_DIRECTIONS)}")
-    per_task("inner_lr", hp["inner_lr"])
-    per_task("task_weights", hp["task_weights"])
     heads = hp["pretrained_heads"]
-    if not isinstance(heads, list) or any(h not in task_names for h in heads):
+    if any(h not in task_names for h in heads):
         raise UserError(f"{key('pretrained_heads')} must list tasks of the experiment "
                         f"({', '.join(task_names)}); got {heads!r}")
     if "classification" in heads:
@@ -145,7 +137,7 @@ class TaskNet(nn.Module):
 
 
 class MultiTaskLearner(MetaLearner):
-    defaults = BASE_DEFAULTS
+    options = BASE_OPTIONS
     modulator_cls: type[FeatureModulator] | None = None
     adapt_backbone = False
 
@@ -211,6 +203,9 @@ class MultiTaskLearner(MetaLearner):
                             f"an experiment of kind multitask; experiment {run.experiment.name!r} is of kind "
                             f"{run.experiment.config['kind']}")
         check_hparams(run.method, run.hparams, tasks)
+        if cls.adapt_backbone and run.hparams["architecture"] != "hard":
+            raise UserError(f"params key 'methods.{run.method}.architecture' is {run.hparams['architecture']!r}, "
+                            f"but {cls.algorithm} adapts the whole backbone per subtask; it needs architecture: hard")
 
     # ------------------------------------------------------------------ pieces
 
@@ -434,13 +429,13 @@ class MultiTaskANIL(MultiTaskLearner):
 
 @register("mt-am")
 class MultiTaskAM(MultiTaskLearner):
-    defaults = AM_DEFAULTS
+    options = AM_OPTIONS
     modulator_cls = FeatureModulator
 
 
 @register("mt-pam")
 class MultiTaskPAM(MultiTaskLearner):
-    defaults = PAM_DEFAULTS
+    options = PAM_OPTIONS
     modulator_cls = ProbabilisticFeatureModulator
 
 

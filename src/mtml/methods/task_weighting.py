@@ -32,6 +32,8 @@ from mtml.errors import UserError
 from mtml.methods.base import Episode, MetaLearner, register
 from mtml.methods.gradient import MAML, MetaSGD, TaskOutcome
 from mtml.methods.learned_optimizer import MetaLSTMPlusPlus
+from mtml.options import Option
+from mtml.options import defaults as option_defaults
 
 # ---------------------------------------------------------------- inequality measures (TAML)
 
@@ -97,16 +99,17 @@ class TAML(MAML):
     adaptation (the quantity MAML's meta-objective averages).
     """
 
-    defaults = {**MAML.defaults, "lambda": 0.05, "inequality": "theil", "inequality_on": "initial",
-                "ge_alpha": 2.0, "atkinson_epsilon": 0.5}
-
-    def __init__(self, hp, image_shape, ways):
-        for key, allowed in (("inequality", INEQUALITIES), ("inequality_on", INEQUALITY_ON)):
-            if hp[key] not in allowed:
-                raise UserError(f"params key '{key}' of a taml method is {hp[key]!r}; allowed: {', '.join(allowed)}")
-        if hp["inequality"] == "atkinson" and hp["atkinson_epsilon"] < 0:
-            raise UserError("params key 'atkinson_epsilon' of a taml method must be >= 0")
-        super().__init__(hp, image_shape, ways)
+    options = {
+        **MAML.options,
+        "lambda": Option(float, 0.05, "weight of the inequality term in the meta-objective", min=0),
+        "inequality": Option(str, "theil", "the inequality measure", choices=INEQUALITIES),
+        "inequality_on": Option(str, "initial", "initial: the initial model's support losses (the "
+                                "paper) | adapted: the query losses after adaptation",
+                                choices=INEQUALITY_ON),
+        "ge_alpha": Option(float, 2.0, "alpha of the generalized entropy measure"),
+        "atkinson_epsilon": Option(float, 0.5, "epsilon (inequality aversion) of the Atkinson measure",
+                                   min=0),
+    }
 
     @staticmethod
     def initial_loss(o: TaskOutcome) -> Tensor:
@@ -196,24 +199,21 @@ class TaskAttention(MetaLearner):
     """A base meta-learner trained with task attention (Algorithm 1 of Aimen et al.)."""
 
     base_class: type[MAML]
-    attention_defaults = {
-        "meta_batch": 4,  # the attention network's width; must equal training.meta_batch
-        "attention_lr": 0.003,  # Adam learning rate of the attention network (eq. 3; authors' code)
-        "attention_hidden": 32,
-        "attention_layers": 2,  # hidden ReLU layers (as described, and the authors' module default;
-                                # their run config passes 1)
-        "lookahead_lr": None,  # beta of the look-ahead; null = the meta learning rate
-        "grad_norm": "adapted",  # adapted | meta: which gradient's norm is meta-information
+    attention_options = {
+        "meta_batch": Option(int, 4, "the attention network's width; must equal training.meta_batch", min=1),
+        "attention_lr": Option(float, 0.003, "Adam learning rate of the attention network (eq. 3; "
+                               "authors' code)", min=0),
+        "attention_hidden": Option(int, 32, "hidden units of the attention network", min=1),
+        # as described, and the authors' module default; their run config passes 1
+        "attention_layers": Option(int, 2, "hidden ReLU layers of the attention network", min=1),
+        "lookahead_lr": Option(float, None, "beta of the look-ahead; null: the meta learning rate", min=0),
+        "grad_norm": Option(str, "adapted", "which gradient's norm is meta-information",
+                            choices=("adapted", "meta")),
     }
+    attention_defaults = option_defaults(attention_options)
 
     def __init__(self, hp, image_shape, ways):
         super().__init__(hp, image_shape, ways)
-        if hp["grad_norm"] not in ("adapted", "meta"):
-            raise UserError(f"params key 'grad_norm' of a {self.algorithm} method is {hp['grad_norm']!r}; "
-                            "allowed: adapted, meta")
-        if not isinstance(hp["attention_layers"], int) or hp["attention_layers"] < 1:
-            raise UserError(f"params key 'attention_layers' of a {self.algorithm} method is "
-                            f"{hp['attention_layers']!r}; it must be an integer >= 1")
         self.base = self.base_class({k: hp[k] for k in self.base_class.defaults}, image_shape, ways)
         self.attention = AttentionNetwork(hp["meta_batch"], hp["attention_hidden"], hp["attention_layers"])
         self.meta_lr: float | None = None
@@ -318,16 +318,16 @@ class TaskAttention(MetaLearner):
 @register("ta-maml")
 class TaskAttendedMAML(TaskAttention):
     base_class = MAML
-    defaults = {**MAML.defaults, **TaskAttention.attention_defaults}
+    options = {**MAML.options, **TaskAttention.attention_options}
 
 
 @register("ta-metasgd")
 class TaskAttendedMetaSGD(TaskAttention):
     base_class = MetaSGD
-    defaults = {**MetaSGD.defaults, **TaskAttention.attention_defaults}
+    options = {**MetaSGD.options, **TaskAttention.attention_options}
 
 
 @register("ta-metalstm++")
 class TaskAttendedMetaLSTM(TaskAttention):
     base_class = MetaLSTMPlusPlus
-    defaults = {**MetaLSTMPlusPlus.defaults, **TaskAttention.attention_defaults}
+    options = {**MetaLSTMPlusPlus.options, **TaskAttention.attention_options}

@@ -37,18 +37,23 @@ from torch.nn import functional as F
 
 from mtml.errors import UserError
 from mtml.models.conv4 import ConvBlock
+from mtml.options import Option
+from mtml.options import defaults as option_defaults
 
 BlockHook = Callable[[int, Tensor], Tensor] | None
 ARCHITECTURES = ("hard", "mmoe", "mmoe-shared", "cross-stitch", "routing", "pad-net", "soft")
-DEFAULTS = {
-    "architecture": "hard",
-    "experts": 3,                 # mmoe: number of trunks K
-    "cross_stitch_init": 0.9,     # cross-stitch: a[t, t] at initialisation
-    "routing_ratio": 0.5,         # routing: share of each block's channels a task sees
-    "routing_seed": 0,            # routing: seed of the masks
-    "pad_aux_weight": 1.0,        # pad-net: weight of the intermediate-prediction loss
-    "soft_sharing_weight": 0.01,  # soft: weight of the L2 distance penalty
+OPTIONS = {
+    "architecture": Option(str, "hard", "shared trunk: hard | mmoe | mmoe-shared | cross-stitch | routing | "
+                           "pad-net | soft", choices=ARCHITECTURES),
+    "experts": Option(int, 3, "mmoe: number of trunks K", min=1),
+    "cross_stitch_init": Option(float, 0.9, "cross-stitch: a[t, t] at initialisation", min=0, max=1),
+    "routing_ratio": Option(float, 0.5, "routing: share of each block's channels a task sees", min=0,
+                            above=True, max=1),
+    "routing_seed": Option(int, 0, "routing: seed of the masks"),
+    "pad_aux_weight": Option(float, 1.0, "pad-net: weight of the intermediate-prediction loss", min=0),
+    "soft_sharing_weight": Option(float, 0.01, "soft: weight of the L2 distance penalty", min=0),
 }
+DEFAULTS = option_defaults(OPTIONS)
 BLOCKS = 4
 
 

@@ -18,19 +18,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtml.errors import UserError
+from mtml.options import Option, check_options
+from mtml.options import defaults as option_defaults
 from mtml.params import experiment
 
-OPTION_DEFAULTS: dict = {"image_shape": [3, 28, 28], "mode_mix": None, "batch_mix": "independent",
-                         "transference": {}}
 BATCH_MIXES = ("independent", "balanced")   # how a meta-batch draws its modes (mtml.multimodal.sampler)
-TRANSFERENCE_DEFAULTS: dict = {
-    "methods": None,            # method names; default: those whose algorithm is maml or mmaml-kml
-    "sources": 48,              # meta-train source tasks i
-    "targets": 2,               # meta-test target tasks j per mode
-    "step_size": 0.01,          # SGD step of the one-task meta-update theta_i^{t+1}
-    "retrain_iterations": 100,  # short retrain from the initialisation, snapshotted
-    "snapshots": 3,             # evenly spaced snapshots of the retrain (0 and the end included)
+OPTIONS = {
+    "image_shape": Option(list, [3, 28, 28], "every mode is brought to [channels, height, width]",
+                          items=int, length=3),
+    "mode_mix": Option((list, dict), None, "per-mode sampling weights (list in mode order, or "
+                       "{dataset: weight}); null: uniform", items=float),
+    "batch_mix": Option(str, "independent", "independent: each task draws its mode from mode_mix | "
+                        "balanced: every meta-batch holds the modes in mode_mix's proportions",
+                        choices=BATCH_MIXES),
+    "transference": Option(dict, {}, "settings of the transference analysis"),
 }
+OPTION_DEFAULTS = option_defaults(OPTIONS)
+TRANSFERENCE_OPTIONS = {
+    "methods": Option(list, None, "method names; null: those whose algorithm is maml or mmaml-kml", items=str),
+    "sources": Option(int, 48, "meta-train source tasks i", min=1),
+    "targets": Option(int, 2, "meta-test target tasks j per mode", min=1),
+    "step_size": Option(float, 0.01, "SGD step of the one-task meta-update theta_i^{t+1}", min=0),
+    "retrain_iterations": Option(int, 100, "short retrain from the initialisation, snapshotted", min=0),
+    "snapshots": Option(int, 3, "evenly spaced snapshots of the retrain (0 and the end included)", min=1),
+}
+TRANSFERENCE_DEFAULTS = option_defaults(TRANSFERENCE_OPTIONS)
 MIN_SIZE = 16  # Conv-4 halves the image four times
 
 
@@ -48,17 +60,12 @@ def _key(exp: str, *path) -> str:
     return "params key 'experiments." + ".".join([exp, "options", *map(str, path)]) + "'"
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
 def _image_shape(exp: str, value) -> tuple[int, int, int]:
-    ok = isinstance(value, list | tuple) and len(value) == 3 and all(_is_int(v) for v in value)
-    if not ok or value[0] not in (1, 3) or min(value[1:]) < MIN_SIZE:
+    if value[0] not in (1, 3) or min(value[1:]) < MIN_SIZE:
         raise UserError(f"{_key(exp, 'image_shape')} must be [channels, height, width] with channels "
                         f"1 or 3 and height, width >= {MIN_SIZE}; got {value!r}")
     return (int(value[0]), int(value[1]), int(value[2]))
@@ -83,23 +90,9 @@ def _mode_mix(exp: str, value, modes: tuple[str, ...]) -> tuple[float, ...]:
 
 
 def _transference(params: dict, exp: str, value) -> dict:
-    if not isinstance(value, dict):
-        raise UserError(f"{_key(exp, 'transference')} must be a mapping; got {value!r}")
-    unknown = sorted(set(value) - set(TRANSFERENCE_DEFAULTS))
-    if unknown:
-        raise UserError(f"{_key(exp, 'transference', unknown[0])} is unknown; "
-                        f"allowed: {', '.join(sorted(TRANSFERENCE_DEFAULTS))}")
-    opts = {**TRANSFERENCE_DEFAULTS, **value}
-    for key, low in (("sources", 1), ("targets", 1), ("retrain_iterations", 0), ("snapshots", 1)):
-        if not _is_int(opts[key]) or opts[key] < low:
-            raise UserError(f"{_key(exp, 'transference', key)} must be an integer >= {low}; got {opts[key]!r}")
-    if not _is_number(opts["step_size"]) or opts["step_size"] < 0:
-        raise UserError(f"{_key(exp, 'transference', 'step_size')} must be a number >= 0; "
-                        f"got {opts['step_size']!r}")
+    opts = check_options(value, TRANSFERENCE_OPTIONS, f"experiments.{exp}.options.transference")
     methods = opts["methods"]
     if methods is not None:
-        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-            raise UserError(f"{_key(exp, 'transference', 'methods')} must be a list of method names; got {methods!r}")
         for m in methods:
             if m not in params["methods"]:
                 raise UserError(f"{_key(exp, 'transference', 'methods')} names {m!r}; "
@@ -118,14 +111,8 @@ def multimodal_config(params: dict, exp: str) -> MultimodalConfig:
     if cfg.get("cross_domain"):
         raise UserError(f"params key 'experiments.{exp}.cross_domain' is not supported by kind "
                         f"multimodal; add the dataset to 'modes' instead, or use []")
-    options = dict(cfg.get("options") or {})
-    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
-    if unknown:
-        raise UserError(f"{_key(exp, unknown[0])} is unknown for kind multimodal; "
-                        f"allowed: {', '.join(sorted(OPTION_DEFAULTS))}")
-    options = {**OPTION_DEFAULTS, **options}
-    if options["batch_mix"] not in BATCH_MIXES:
-        raise UserError(f"{_key(exp, 'batch_mix')} is {options['batch_mix']!r}; allowed: {', '.join(BATCH_MIXES)}")
+    options = check_options(cfg.get("options"), OPTIONS, f"experiments.{exp}.options",
+                            unknown="is unknown for kind multimodal")
     return MultimodalConfig(exp, modes, _image_shape(exp, options["image_shape"]),
                             _mode_mix(exp, options["mode_mix"], modes),
                             _transference(params, exp, options["transference"]), options["batch_mix"])

@@ -14,21 +14,25 @@ mt-pam, mt-maml): the experiments x methods matrix runs each method on each expe
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 from mtml.errors import UserError
 from mtml.multitask.data import Shape
 from mtml.multitask.tasks import TASKS, TaskSpec, task_specs
+from mtml.options import Option, check_options
+from mtml.options import defaults as option_defaults
 from mtml.params import experiment
 
-OPTION_DEFAULTS = {
-    "tasks": list(TASKS),
-    "dense_shots": 5,
-    "dense_queries": 10,
-    "accuracy_thresholds": {},
-    "class_scope": "environment",
+OPTIONS = {
+    "tasks": Option(list, list(TASKS), "the high-level tasks", items=str, choices=tuple(TASKS)),
+    "dense_shots": Option(int, 5, "support images of a depth / normals / vanishing-point subtask", min=1),
+    "dense_queries": Option(int, 10, "query images of one", min=1),
+    "accuracy_thresholds": Option(dict, {}, "task -> threshold of its accuracy (default: the task's own)",
+                                  items=float, min=0, above=True),
+    "class_scope": Option(str, "environment", "classification classes from one environment | the "
+                          "whole split", choices=("environment", "split")),
 }
+OPTION_DEFAULTS = option_defaults(OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -45,27 +49,13 @@ class MultitaskConfig:
 def multitask_config(params: dict, exp: str) -> MultitaskConfig:
     cfg = experiment(params, exp)
     key = lambda k: f"params key 'experiments.{exp}.options.{k}'"  # noqa: E731
-    options = dict(cfg.get("options") or {})
-    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
-    if unknown:
-        raise UserError(f"{key(unknown[0])} is unknown; allowed: {', '.join(sorted(OPTION_DEFAULTS))}")
-    opts = {**OPTION_DEFAULTS, **options}
+    opts = check_options(cfg.get("options"), OPTIONS, f"experiments.{exp}.options")
     tasks = task_specs(opts["tasks"], f"experiments.{exp}.options.tasks")
-    for k in ("dense_shots", "dense_queries"):
-        v = opts[k]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserError(f"{key(k)} must be an integer >= 1; got {v!r}")
     thresholds = opts["accuracy_thresholds"]
-    if not isinstance(thresholds, dict):
-        raise UserError(f"{key('accuracy_thresholds')} must map tasks to numbers; got {thresholds!r}")
-    for name, v in thresholds.items():
+    for name in thresholds:
         if name not in TASKS or TASKS[name].kind == "classification":
             allowed = ", ".join(n for n, t in TASKS.items() if t.kind != "classification")
             raise UserError(f"{key('accuracy_thresholds')} names {name!r}; allowed: {allowed}")
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or v <= 0:
-            raise UserError(f"{key('accuracy_thresholds')}.{name} must be a number > 0; got {v!r}")
-    if opts["class_scope"] not in ("environment", "split"):
-        raise UserError(f"{key('class_scope')} is {opts['class_scope']!r}; allowed: environment, split")
     shape = Shape(cfg["ways"], cfg["shots"], cfg["queries"], opts["dense_shots"], opts["dense_queries"],
                   opts["class_scope"])
     return MultitaskConfig(tasks, shape, {t.name: float(thresholds.get(t.name, t.threshold)) for t in tasks})

@@ -39,6 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from mtml.errors import UserError
+from mtml.options import Option
+from mtml.options import defaults as option_defaults
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty", "dwa", "gradnorm", "random")
 SCHEDULES = ("all", "round-robin", "uniform", "difficulty")
@@ -53,15 +55,17 @@ AGGREGATORS = {
     "nash-mtl": ("NashMTL", ("cvxpy", "ecos"), "nash_mtl"),
 }
 OPTIMISERS = ("sum", *AGGREGATORS)
-DEFAULTS = {
-    "optimiser": "sum",
-    "cagrad_c": 0.4,          # CAGrad's c (the paper's NYUv2 setting)
-    "dwa_temperature": 2.0,   # DWA's T (the paper's value)
-    "gradnorm_alpha": 1.5,    # GradNorm's asymmetry alpha (the paper's NYUv2 value)
-    "gradnorm_lr": 0.025,     # Adam learning rate of GradNorm's weights
-    "schedule": "all",
-    "schedule_tasks": 1,      # tasks per meta-iteration when schedule is not `all`
+OPTIONS = {
+    "optimiser": Option(str, "sum", "update of the shared parameters: sum of the task gradients, or a "
+                        "TorchJD aggregator of them", choices=OPTIMISERS),
+    "cagrad_c": Option(float, 0.4, "CAGrad's c (the paper's NYUv2 setting)", min=0),
+    "dwa_temperature": Option(float, 2.0, "DWA's T (the paper's value)", min=0, above=True),
+    "gradnorm_alpha": Option(float, 1.5, "GradNorm's asymmetry alpha (the paper's NYUv2 value)", min=0),
+    "gradnorm_lr": Option(float, 0.025, "Adam learning rate of GradNorm's weights", min=0),
+    "schedule": Option(str, "all", "which tasks a meta-iteration trains on", choices=SCHEDULES),
+    "schedule_tasks": Option(int, 1, "tasks per meta-iteration when schedule is not `all`", min=1),
 }
+DEFAULTS = option_defaults(OPTIONS)
 
 
 def check(hp: dict, key: Callable[[str], str], task_names: list[str]) -> None:
