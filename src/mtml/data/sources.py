@@ -17,7 +17,6 @@ from mtml.errors import UserError
 from mtml.options import Option
 from mtml.options import check_options as _check_declared
 from mtml.registry import Registry
-from mtml.utils import remove_stale_temporaries
 
 PrepareFn = Callable[[str, dict, Path, Path, int], None]
 # check(options, dataset) -> options: the checks declarations cannot state (one option
@@ -80,6 +79,8 @@ def prepare_dataset(name: str, config: dict, raw_dir: Path, out_dir: Path, seed:
     """Prepare dataset `name` (its params entry `config`) into `out_dir`, downloads in `raw_dir`."""
     check_dataset(name, config)
     out_dir = Path(out_dir)
+    from mtml.utils import remove_stale_temporaries  # (torch: not at import, so names check without it)
+
     remove_stale_temporaries(out_dir)  # a killed earlier prepare's, before this one's long work
     SOURCES[config["source"]](name, dict(config.get("options") or {}), Path(raw_dir), out_dir, seed)
     return out_dir
