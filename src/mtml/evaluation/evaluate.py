@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 
 from mtml.data.storage import load_prepared
-from mtml.episodes.manifest import read_manifest
+from mtml.episodes.manifest import manifest_arrays, read_manifest
 from mtml.episodes.sampler import ImageBank, manifest_episodes
+from mtml.evaluation import batched
 from mtml.evaluation.stats import mean_ci95, nil_logits
 from mtml.methods import build
 from mtml.methods.base import MetaLearner
@@ -42,15 +43,24 @@ def episode_embeddings(learner: MetaLearner, ep) -> tuple[torch.Tensor, torch.Te
     return learner.embed(ep.support_x), learner.embed(ep.query_x)
 
 
-def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str) -> pd.DataFrame:
+def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str,
+                      episode_batch: int | str = 1) -> pd.DataFrame:
+    """Per-episode accuracy and NIL accuracy. `episode_batch` (params `evaluation.episode_batch`)
+    > 1 runs methods with a batched path through `mtml.evaluation.batched`; 1 is the
+    per-episode reference loop; `auto` picks per device."""
     rows = []
-    n = manifest["episode"].nunique()
+    arrays = manifest_arrays(manifest)
+    n = len(arrays.episodes)
+    size = batched.resolve_episode_batch(episode_batch, learner, arrays, bank.image_shape, bank.device)
     bar, _ = progress(label, n)
     with bar, torch.no_grad():
         task = bar.add_task(label, total=n)
+        if size > 1 and batched.supports(learner):
+            rows = batched.evaluate_batches(learner, bank, arrays, size, lambda k: bar.update(task, advance=k))
+            return pd.DataFrame(rows)
         for ep_id, ep in manifest_episodes(bank, manifest):
-            acc = (learner.predict(ep).argmax(-1) == ep.query_y).float().mean()
-            support, query = episode_embeddings(learner, ep)
+            logits, support, query = batched.predict_with_features(learner, ep)
+            acc = (logits.argmax(-1) == ep.query_y).float().mean()
             nil = nil_logits(support, ep.support_y, query, ep.ways)
             nil_acc = (nil.argmax(-1) == ep.query_y).float().mean()
             rows.append({"episode": ep_id, "accuracy": 100 * float(acc), "nil_accuracy": 100 * float(nil_acc)})
@@ -79,7 +89,7 @@ def evaluate(params: dict, exp: str, meth: str, model_path: Path, processed_root
     for split, dataset, fname in evaluation_splits(params, exp):
         bank = ImageBank(load_prepared(Path(processed_root) / dataset), device)
         frame = evaluate_manifest(learner, bank, read_manifest(Path(episodes_root) / exp / fname),
-                                  f"eval {exp}/{meth} {split}:{dataset}")
+                                  f"eval {exp}/{meth} {split}:{dataset}", params["evaluation"]["episode_batch"])
         frame.insert(0, "split", split)
         frame.insert(1, "dataset", dataset)
         per_episode.append(frame)

@@ -40,6 +40,9 @@ class MetaLearner(nn.Module):
 
     defaults: dict = {}
     trainable = True
+    # "loop" or "vmap": how meta_loss runs a meta-batch's tasks (set by the trainer from
+    # training.task_parallel; methods without a batched path loop whatever it says)
+    task_parallel = "loop"
 
     def __init__(self, hp: dict, image_shape: tuple[int, int, int], ways: int):
         super().__init__()

@@ -24,6 +24,7 @@ from mtml.episodes.manifest import read_manifest
 from mtml.episodes.sampler import EpisodeStream, ImageBank, manifest_episodes
 from mtml.methods import build
 from mtml.methods.base import MetaLearner
+from mtml.methods.parallel import resolve_task_parallel
 from mtml.params import experiment, method, training_config
 from mtml.utils import atomic_path, derive_seed, interactive, progress, write_json
 
@@ -98,6 +99,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     beside the best weights. Writes model.pt, checkpoint.pt and the run's metrics files.
     """
     iterations = tcfg["iterations"] if learner.trainable else 0
+    learner.task_parallel = resolve_task_parallel(tcfg.get("task_parallel", "loop"), device)
     ckpt_path = Path(model_dir) / "checkpoint.pt"
 
     optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
