@@ -101,7 +101,7 @@ def test_reference_loop_reuses_nil_features_bit_for_bit():
     from mtml.evaluation.batched import predict_with_features
 
     bank, manifest = random_bank(WAYS, 1, 4, SHAPE, DEVICE, episodes=3, seed=5)
-    for name in ("anil", "protonet", "maml", "metalstm"):
+    for name in ("anil", "protonet", "metalstm"):
         learner = build(name, CASES.get(name, {"filters": 4}), SHAPE, WAYS).to(DEVICE).eval()
         with torch.no_grad():
             for _, ep in manifest_episodes(bank, manifest):

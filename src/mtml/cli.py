@@ -108,6 +108,16 @@ def cmd_benchmark(args):
 
     params = _setup(args)
     exp = args.experiment or next(iter(params["experiments"]))
+    if args.against:
+        from mtml.bench_learn2learn import against_learn2learn, print_against
+
+        result = against_learn2learn(params, exp, args.repeats, args.iterations, args.episodes,
+                                     args.meta_batch, args.image_size)
+        print_against(result)
+        out = args.out or f"bench/learn2learn-{result['device'].split(':')[0]}-{result['torch_threads']}t.json"
+        write_benchmark(result, out)
+        print(f"wrote {out}")
+        return
     if args.compare:
         batches = [int(b) for b in args.eval_batches.split(",")]
         if batches[0] != 1:
@@ -163,10 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="time the speed options side by side instead (training.task_parallel loop vs vmap, "
                         "evaluation.episode_batch values), interleaved; --iterations and --episodes are per timed call")
+    p.add_argument("--against", choices=["learn2learn"], default=None,
+                   help="time our MAML and ANIL against learn2learn's (optional `bench` extra), interleaved; "
+                        "--iterations and --episodes are per timed call")
     p.add_argument("--eval-batches", default="1,4,8", help="with --compare: episode_batch values, 1 first (default 1,4,8)")
-    p.add_argument("--repeats", type=int, default=5, help="with --compare: interleaved repeats (median reported)")
-    p.add_argument("--image-size", type=int, default=None, help="with --compare: square image side (default: the experiment's)")
-    p.add_argument("--meta-batch", type=int, default=None, help="with --compare: tasks per meta-batch (default: training.meta_batch)")
+    p.add_argument("--repeats", type=int, default=5, help="with --compare/--against: interleaved repeats (median reported)")
+    p.add_argument("--image-size", type=int, default=None, help="with --compare/--against: square image side (default: the experiment's)")
+    p.add_argument("--meta-batch", type=int, default=None, help="with --compare/--against: tasks per meta-batch (default: training.meta_batch)")
     p.set_defaults(func=cmd_benchmark)
     p = sub.add_parser("validate", parents=[common], help="check params and exit")
     p.set_defaults(func=cmd_validate)
