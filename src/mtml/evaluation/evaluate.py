@@ -89,7 +89,7 @@ def evaluate(params: dict, exp: str, meth: str, model_path: Path, processed_root
     for split, dataset, fname in evaluation_splits(params, exp):
         bank = ImageBank(load_prepared(Path(processed_root) / dataset), device)
         frame = evaluate_manifest(learner, bank, read_manifest(Path(episodes_root) / exp / fname),
-                                  f"eval {exp}/{meth} {split}:{dataset}", params["evaluation"]["episode_batch"])
+                                  f"eval {exp}/{meth} {split}:{dataset}", params["evaluation"].get("episode_batch", "auto"))
         frame.insert(0, "split", split)
         frame.insert(1, "dataset", dataset)
         per_episode.append(frame)

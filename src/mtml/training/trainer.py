@@ -99,7 +99,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     beside the best weights. Writes model.pt, checkpoint.pt and the run's metrics files.
     """
     iterations = tcfg["iterations"] if learner.trainable else 0
-    learner.task_parallel = resolve_task_parallel(tcfg.get("task_parallel", "loop"), device)
+    learner.task_parallel = resolve_task_parallel(tcfg.get("task_parallel", "auto"), device)
     ckpt_path = Path(model_dir) / "checkpoint.pt"
 
     optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
