@@ -2,6 +2,9 @@
 # GPU checks in one go, for a machine with a CUDA GPU and mtml's packages importable:
 #   1. tests/test_cuda.py (CPU/GPU gradient agreement, every kind trained on cuda, resume);
 #   2. `mtml benchmark` of the default params and the three embedded presets on cuda;
+#   2b. `mtml benchmark --compare` (issue 17): training.task_parallel loop vs vmap and
+#      evaluation.episode_batch 1 (the loop) vs batches, interleaved, for meta-batch 4 and 32
+#      at 28x28 and 84x84 (tests/test_parallel.py, vmap against the loop, runs on cuda first);
 #   3. the embedded default pipeline (params.yaml) on cuda, methods trained side by side,
 #      in a scratch copy, with wall times per stage.
 # Results go to $OUT (default: gpu-check/). Each step has its own time limit so a slow one
@@ -27,6 +30,16 @@ for p in params.yaml configs/task_attention.yaml configs/multimodal.yaml; do
   name=$(basename "$p" .yaml)
   timeout "${BENCH_LIMIT:-90}" $PY -m mtml benchmark --params "$p" --threads 1 --iterations 20 --episodes 50 \
     --out "$OUT/bench-$name.json" 2>&1 | tee "$OUT/bench-$name.log"
+done
+
+log "speed options (task_parallel, episode_batch) on cuda"
+MTML_TEST_DEVICE=cuda timeout "${TEST_LIMIT:-240}" $PY -m pytest -q -p no:cacheprovider tests/test_parallel.py 2>&1 | tee "$OUT/test_parallel.log"
+for size in 28 84; do
+  for mb in 4 32; do
+    timeout "${BENCH_LIMIT:-90}" $PY -m mtml benchmark --compare --threads 1 --image-size $size --meta-batch $mb \
+      --iterations 5 --episodes 128 --eval-batches 1,16,64,128 --repeats 5 \
+      --out "$OUT/compare-${size}px-mb$mb.json" 2>&1 | tee "$OUT/compare-${size}px-mb$mb.log"
+  done
 done
 
 log "default pipeline on cuda"

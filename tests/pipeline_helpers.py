@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from mtml.benchmark import random_episode  # noqa: F401  (re-exported for the tests)
 from mtml.layout import Layout
 from mtml.params import study as make_study
 
@@ -64,13 +65,6 @@ def run_pipeline(study, root: Path, methods=None, device="cpu", evaluate_on=None
     return results
 
 
-def random_episode(ways, shots, queries, shape, device="cpu", mode=0):
-    """An episode of random images (the cost of a method does not depend on the pixels)."""
-    from mtml.methods.base import Episode
-
-    lab = lambda n: torch.arange(ways, device=device).repeat_interleave(n)  # noqa: E731
-    return Episode(torch.rand(ways * shots, *shape, device=device), lab(shots),
-                   torch.rand(ways * queries, *shape, device=device), lab(queries), ways, mode)
 
 
 class FlatLayout(Layout):

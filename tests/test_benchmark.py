@@ -20,3 +20,27 @@ def test_benchmark_rows_for_every_method(tmp_path):
         assert rows[name]["parameters"] > 0
     write_benchmark(result, tmp_path / "b.json")
     assert json.loads((tmp_path / "b.json").read_text())["device"] == "cpu"
+
+
+def test_compare_times_the_speed_options_of_methods_with_a_batched_path():
+    from mtml.benchmark import compare
+
+    params = tiny_params(methods={"pixel-nn": {}, "protonet": {"filters": 4}})
+    result = compare(params, "tiny", repeats=1, iterations=1, episodes=2, eval_batches=(1, 2))
+    (row,) = result["rows"]  # pixel-nn has no batched path
+    assert row["method"] == "protonet"
+    assert row["train_it_per_s_loop"] > 0 and row["train_it_per_s_vmap"] > 0
+    assert row["eval_batch1_over_loop"] == 1.0 and row["eval_batch2_over_loop"] > 0
+
+
+def test_against_learn2learn_says_when_it_is_absent(monkeypatch):
+    import sys
+
+    import pytest
+
+    from mtml.bench_learn2learn import against_learn2learn
+    from mtml.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "learn2learn", None)  # import fails as if not installed
+    with pytest.raises(UserError, match="learn2learn is not importable.*bench"):
+        against_learn2learn(tiny_params(), "tiny")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -31,6 +32,61 @@ def _rate(fn, n, device, warmup=2) -> float:
         fn()
     _sync(device)
     return n / (time.perf_counter() - t0)
+
+
+def random_episode(ways, shots, queries, shape, device="cpu", mode=0):
+    """An episode of random images (the cost of a method does not depend on the pixels)."""
+    from mtml.methods.base import Episode
+
+    lab = lambda n: torch.arange(ways, device=device).repeat_interleave(n)  # noqa: E731
+    return Episode(torch.rand(ways * shots, *shape, device=device), lab(shots),
+                   torch.rand(ways * queries, *shape, device=device), lab(queries), ways, mode)
+
+
+def setting_shape(exp, image_size: int | None = None) -> tuple[int, int, int]:
+    """The image shape random episodes of experiment `exp` get: the kind's own (multimodal),
+    else 1x28x28; `image_size` overrides height and width."""
+    shape = tuple(getattr(exp.settings, "image_shape", None) or (1, 28, 28))
+    return (shape[0], image_size, image_size) if image_size else shape
+
+
+def interleaved(variants: dict, repeats: int, device) -> dict[str, dict[str, float]]:
+    """Median seconds per call of each variant, timed in turns (A B C A B C ...) so that a
+    noisy, shared machine slows every variant alike; ratios of medians are what to read.
+    `wall` is elapsed time, `cpu` this process's CPU time (less disturbed by other processes
+    on an oversubscribed CPU; with several threads it adds theirs up)."""
+    times = {name: {"wall": [], "cpu": []} for name in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            _sync(device)
+            times[name]["wall"].append(time.perf_counter() - t0)
+            times[name]["cpu"].append(time.process_time() - c0)
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+
+
+def random_bank(ways, shots, queries, shape, device, episodes: int, seed: int = 0):
+    """An ImageBank of random images (4 x (shots + queries) per class, 4 x ways classes) and
+    a fixed manifest of `episodes` episodes over it, for timing the evaluation stage."""
+    import numpy as np
+    import pandas as pd
+
+    from mtml.data.storage import PreparedDataset
+    from mtml.episodes.manifest import build_manifest
+    from mtml.episodes.sampler import ImageBank
+
+    rng = np.random.default_rng(seed)
+    n_classes, per_class = 4 * ways, 4 * (shots + queries)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    images = rng.integers(0, 256, size=(len(labels), *shape), dtype=np.uint8)
+    classes = pd.DataFrame({"class_id": np.arange(n_classes), "name": [f"c{i}" for i in range(n_classes)],
+                            "group": "g", "split": "test", "n_images": per_class})
+    data = PreparedDataset("random", images, labels, classes, {})
+    return ImageBank(data, device), build_manifest(data, "test", ways, shots, queries, episodes, seed)
 
 
 def time_method(learner, stream, tasks_of, batch_size, device, iterations, episodes) -> dict:
@@ -110,3 +166,80 @@ def write_benchmark(result: dict, path) -> None:
     from mtml.utils import write_text
 
     write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episodes: int = 32,
+            eval_batches=(1, 8), image_size: int | None = None, meta_batch: int | None = None) -> dict:
+    """The speed options side by side, interleaved in one process on the same random episodes:
+    meta-training with `task_parallel` loop vs vmap, and the evaluation stage's
+    `evaluate_manifest` (NIL included) at each `evaluation.episode_batch` of `eval_batches`
+    (1 = the reference loop). Methods without a batched path are left out."""
+    import contextlib
+    import copy
+    import io
+
+    from mtml.evaluation.evaluate import evaluate_manifest
+    from mtml.methods.base import LearnerContext
+    from mtml.methods.parallel import family
+
+    device = resolve_device(study.device)
+    exp = study.experiment(experiment)
+    ways, shots, queries = exp.ways, exp.shots, exp.queries
+    shape = setting_shape(exp, image_size)
+    size = meta_batch or exp.training["meta_batch"]
+    torch.manual_seed(0)
+    train_batches = [[random_episode(ways, shots, queries, shape, device) for _ in range(size)]
+                     for _ in range(iterations)]
+    bank, manifest = random_bank(ways, shots, queries, shape, device, episodes)
+    rows = []
+    for name in study.methods:
+        torch.manual_seed(0)
+        learner = build_learner(study.run(experiment, name), LearnerContext(shape, ways)).to(device)
+        if family(learner) is None:
+            continue
+        row = {"method": name, "family": family(learner)}
+        if learner.trainable:
+            variants = {}
+            for mode in ("loop", "vmap"):
+                twin = copy.deepcopy(learner).train()
+                twin.task_parallel = mode
+                opt = twin.make_optimizer(1e-3)
+                variants[mode] = (lambda t=twin, o=opt: [t.train_step(b, o, lambda b=b: b) for b in train_batches])
+            med = interleaved(variants, repeats, device)
+            for mode, t in med.items():
+                row[f"train_it_per_s_{mode}"] = round(iterations / t["wall"], 3)
+            row["train_vmap_over_loop"] = round(med["loop"]["wall"] / med["vmap"]["wall"], 3)
+            row["train_vmap_over_loop_cpu_time"] = round(med["loop"]["cpu"] / med["vmap"]["cpu"], 3)
+        learner.eval()
+        quiet = contextlib.redirect_stdout(io.StringIO())
+        variants = {n: (lambda n=n, m=learner: evaluate_manifest(m, bank, manifest, "bench", n)) for n in eval_batches}
+        with quiet, contextlib.redirect_stderr(io.StringIO()):
+            med = interleaved(variants, repeats, device)
+        for n, t in med.items():
+            row[f"eval_episodes_per_s_batch{n}"] = round(episodes / t["wall"], 2)
+            row[f"eval_batch{n}_over_loop"] = round(med[eval_batches[0]]["wall"] / t["wall"], 3)
+            row[f"eval_batch{n}_over_loop_cpu_time"] = round(med[eval_batches[0]]["cpu"] / t["cpu"], 3)
+        rows.append(row)
+    return {"device": str(device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "setting": {"experiment": experiment, "ways": ways, "shots": shots, "queries": queries,
+                        "image_shape": list(shape), "meta_batch": size, "repeats": repeats,
+                        "train_iterations_per_call": iterations, "eval_episodes_per_call": episodes,
+                        "eval_batches": list(eval_batches)},
+            "rows": rows}
+
+
+def print_comparison(result: dict) -> None:
+    s = result["setting"]
+    print(f"mtml speed options on {result['device']} ({result['device_name']}, {result['torch_threads']} threads): "
+          f"{s['ways']}-way {s['shots']}-shot {s['queries']} queries, images {s['image_shape']}, "
+          f"meta-batch {s['meta_batch']}; medians of {s['repeats']} interleaved repeats")
+    for r in result["rows"]:
+        parts = [f"{r['method']:>10}"]
+        if "train_vmap_over_loop" in r:
+            parts.append(f"train it/s loop {r['train_it_per_s_loop']:.2f} vmap {r['train_it_per_s_vmap']:.2f} "
+                         f"(vmap/loop x{r['train_vmap_over_loop']:.2f}, CPU time x{r['train_vmap_over_loop_cpu_time']:.2f})")
+        parts.append("eval episodes/s " + ", ".join(
+            f"batch {n}: {r[f'eval_episodes_per_s_batch{n}']:.1f} (x{r[f'eval_batch{n}_over_loop']:.2f})"
+            for n in s["eval_batches"]))
+        print(" | ".join(parts))

@@ -84,10 +84,37 @@ def cmd_analyse(args):
 
 
 def cmd_benchmark(args):
-    from mtml.benchmark import benchmark, print_benchmark, write_benchmark
+    from mtml.benchmark import (
+        benchmark,
+        compare,
+        print_benchmark,
+        print_comparison,
+        write_benchmark,
+    )
 
     study, layout = _setup(args)
     exp = args.experiment or study.experiments[0]
+    if args.against:
+        from mtml.bench_learn2learn import against_learn2learn, print_against
+
+        result = against_learn2learn(study, exp, args.repeats, args.iterations, args.episodes,
+                                     args.meta_batch, args.image_size)
+        print_against(result)
+        out = args.out or f"bench/learn2learn-{result['device'].split(':')[0]}-{result['torch_threads']}t.json"
+        write_benchmark(result, out)
+        print(f"wrote {out}")
+        return
+    if args.compare:
+        batches = [int(b) for b in args.eval_batches.split(",")]
+        if batches[0] != 1:
+            raise UserError("--eval-batches starts with 1 (the reference loop the others are compared with)")
+        result = compare(study, exp, args.repeats, args.iterations, args.episodes, batches,
+                         args.image_size, args.meta_batch)
+        print_comparison(result)
+        out = args.out or f"bench/compare-{result['device'].split(':')[0]}.json"
+        write_benchmark(result, out)
+        print(f"wrote {out}")
+        return
     result = benchmark(study, layout, exp, args.iterations, args.episodes)
     print_benchmark(result)
     out = args.out or f"bench/benchmark-{result['device'].split(':')[0]}.json"
@@ -147,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--episodes", type=int, default=30)
     p.add_argument("--out", default=None, help="JSON output (default: bench/benchmark-<device>.json)")
+    p.add_argument("--compare", action="store_true",
+                   help="time the speed options side by side instead (training.task_parallel loop vs vmap, "
+                        "evaluation.episode_batch values), interleaved; --iterations and --episodes are per timed call")
+    p.add_argument("--against", choices=["learn2learn"], default=None,
+                   help="time our MAML and ANIL against learn2learn's (optional `bench` extra), interleaved; "
+                        "--iterations and --episodes are per timed call")
+    p.add_argument("--eval-batches", default="1,4,8", help="with --compare: episode_batch values, 1 first (default 1,4,8)")
+    p.add_argument("--repeats", type=int, default=5, help="with --compare/--against: interleaved repeats (median reported)")
+    p.add_argument("--image-size", type=int, default=None, help="with --compare/--against: square image side (default: the experiment's)")
+    p.add_argument("--meta-batch", type=int, default=None, help="with --compare/--against: tasks per meta-batch (default: training.meta_batch)")
     p.set_defaults(func=cmd_benchmark)
     p = sub.add_parser("validate", parents=[common], help="check params and exit")
     p.set_defaults(func=cmd_validate)

@@ -8,6 +8,7 @@ item (row of the prepared dataset's images.npy). Rows are sorted by episode, rol
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,35 @@ def check_items(df: pd.DataFrame, data: PreparedDataset) -> None:
     if problems:
         fix = _redo(Path(info["path"])) if "path" in info else ""
         raise UserError(f"episode manifest {where} is invalid: " + "; ".join(problems[:2]) + fix)
+
+
+@dataclass(frozen=True)
+class ManifestArrays:
+    """A manifest as index arrays, built once: episode ids [E] (ascending) and the items of
+    each episode's support [E, ways, shots] and query [E, ways, queries] sets by label."""
+
+    episodes: np.ndarray
+    support: np.ndarray
+    query: np.ndarray
+
+
+def manifest_arrays(df: pd.DataFrame) -> ManifestArrays:
+    """Rows ordered by (episode, role, label) with ties in file order: the order a per-episode
+    groupby and a stable sort by label give, so each episode's items are the same."""
+    episode, label, item = (df[c].to_numpy() for c in ("episode", "label", "item"))
+    is_query = df["role"].to_numpy() == "query"
+    order = np.lexsort((label, is_query, episode))
+    episode, label, item, is_query = episode[order], label[order], item[order], is_query[order]
+    ids, index = np.unique(episode, return_inverse=True)
+    parts = []
+    for rows in (~is_query, is_query):
+        counts = np.bincount(index[rows], minlength=len(ids))
+        per = int(counts[0]) if len(ids) else 0
+        lab = label[rows].reshape(len(ids), per) if (counts == per).all() and per else None
+        ways = int(lab.max()) + 1 if lab is not None else 1
+        if lab is None or per % ways or not (lab == np.repeat(np.arange(ways), per // ways)).all():
+            raise ValueError("manifest episodes differ in ways, shots or queries (or labels are not 0..ways-1)")
+        parts.append(item[rows].reshape(len(ids), ways, per // ways))
+    if parts[0].shape[1] != parts[1].shape[1]:
+        raise ValueError("manifest support and query sets have different ways")
+    return ManifestArrays(ids.astype(np.int64), parts[0], parts[1])

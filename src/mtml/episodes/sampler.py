@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from mtml.data.storage import PreparedDataset
-from mtml.episodes.manifest import check_items, items_by_class, sample_indices
+from mtml.episodes.manifest import check_items, items_by_class, manifest_arrays, sample_indices
 from mtml.methods.base import Episode
 
 
@@ -59,12 +59,8 @@ class EpisodeStream:
 
 
 def manifest_episodes(bank: ImageBank, manifest: pd.DataFrame):
-    """Yield (episode id, Episode) for each episode of a fixed manifest."""
+    """Yield (episode id, Episode) for each episode of a fixed manifest (in id order)."""
     check_items(manifest, bank.data)
-    for ep, rows in manifest.groupby("episode", sort=True):
-        parts = []
-        for role in ("support", "query"):
-            r = rows[rows["role"] == role].sort_values("label", kind="stable")
-            ways = r["label"].nunique()
-            parts.append(r["item"].to_numpy().reshape(ways, -1))
-        yield int(ep), bank.episode(*parts)
+    arrays = manifest_arrays(manifest)
+    for i, ep in enumerate(arrays.episodes):
+        yield int(ep), bank.episode(arrays.support[i], arrays.query[i])

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from mtml.episodes.manifest import manifest_arrays
 from mtml.episodes.sampler import ImageBank, manifest_episodes
+from mtml.evaluation import batched
 from mtml.evaluation.stats import mean_ci95, nil_logits
 from mtml.methods.base import MetaLearner
 from mtml.utils import progress
@@ -18,15 +20,24 @@ def episode_embeddings(learner: MetaLearner, ep) -> tuple[torch.Tensor, torch.Te
     return learner.embed_episode(ep)
 
 
-def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str) -> pd.DataFrame:
+def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str,
+                      episode_batch: int | str = 1) -> pd.DataFrame:
+    """Per-episode accuracy and NIL accuracy. `episode_batch` (params `evaluation.episode_batch`)
+    > 1 runs methods with a batched path through `mtml.evaluation.batched`; 1 is the
+    per-episode reference loop; `auto` picks per device."""
     rows = []
-    n = manifest["episode"].nunique()
+    arrays = manifest_arrays(manifest)
+    n = len(arrays.episodes)
+    size = batched.resolve_episode_batch(episode_batch, learner, arrays, bank.image_shape, bank.device)
     bar, _ = progress(label, n)
     with bar, torch.no_grad():
         task = bar.add_task(label, total=n)
+        if size > 1 and batched.supports(learner):
+            rows = batched.evaluate_batches(learner, bank, arrays, size, lambda k: bar.update(task, advance=k))
+            return pd.DataFrame(rows)
         for ep_id, ep in manifest_episodes(bank, manifest):
-            acc = (learner.predict(ep).argmax(-1) == ep.query_y).float().mean()
-            support, query = episode_embeddings(learner, ep)
+            logits, support, query = batched.predict_with_features(learner, ep)
+            acc = (logits.argmax(-1) == ep.query_y).float().mean()
             nil = nil_logits(support, ep.support_y, query, ep.ways)
             nil_acc = (nil.argmax(-1) == ep.query_y).float().mean()
             rows.append({"episode": ep_id, "accuracy": 100 * float(acc), "nil_accuracy": 100 * float(nil_acc)})

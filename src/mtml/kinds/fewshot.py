@@ -48,7 +48,7 @@ class FewShot(Kind):
     def score(self, exp, learner, bank, spec, manifest, label):
         from mtml.evaluation.evaluate import evaluate_manifest
 
-        return evaluate_manifest(learner, bank, manifest, label)
+        return evaluate_manifest(learner, bank, manifest, label, exp.evaluation.get("episode_batch", "auto"))
 
     def summarise(self, run, learner, scored):
         from mtml.evaluation.evaluate import summary_row

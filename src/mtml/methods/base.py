@@ -60,6 +60,9 @@ class MetaLearner(nn.Module):
     defaults: dict = {}
     algorithm: str = ""
     trainable = True
+    # "loop" or "vmap": how meta_loss runs a meta-batch's tasks (set by the trainer from
+    # training.task_parallel; methods without a batched path loop whatever it says)
+    task_parallel = "loop"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -92,6 +92,11 @@ class MAML(MetaLearner):
         return self.adapt_task(episode, steps, first_order).logits
 
     def meta_loss(self, batch):
+        if self.task_parallel == "vmap":
+            from mtml.methods import parallel
+
+            if parallel.family(self) == "gradient":
+                return parallel.meta_loss(self, batch)
         outcomes = [self(ep) for ep in batch]
         return (torch.stack([o.loss for o in outcomes]).mean(),
                 {"acc": float(torch.stack([o.acc for o in outcomes]).mean())})

@@ -4,11 +4,17 @@ The loop runs on a parameter dict with `torch.func.functional_call`, so the same
 second-order MAML (`create_graph=True`), first-order MAML, ANIL (adapt a sub-module only),
 per-parameter learning rates (MetaSGD: `lr` is a dict of tensors) and learned optimizers
 (MetaLSTM: `update` replaces the SGD step).
+
+Inside `functional_grads()` the loop takes its gradients with `torch.func.grad` instead of
+`torch.autograd.grad`, so it can run under `torch.func.vmap` (many tasks at once, see
+`mtml.methods.parallel`); outer autograd still differentiates through it (second order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +23,19 @@ from torch.func import functional_call
 Params = dict[str, Tensor]
 # update(step, params, grads, loss) -> new params; the default is plain SGD.
 UpdateRule = Callable[[int, Params, Params, Tensor], Params]
+
+
+_FUNCTIONAL = contextvars.ContextVar("functional_grads", default=False)
+
+
+@contextlib.contextmanager
+def functional_grads() -> Iterator[None]:
+    """`adapt` calls inside take torch.func.grad gradients (vmap-safe)."""
+    token = _FUNCTIONAL.set(True)
+    try:
+        yield
+    finally:
+        _FUNCTIONAL.reset(token)
 
 
 def named_params(module: nn.Module, prefix: str = "") -> Params:
@@ -53,7 +72,20 @@ def adapt(
     frozen = dict(frozen or {})
     if create_graph is None:
         create_graph = not first_order and torch.is_grad_enabled()
+    functional = _FUNCTIONAL.get()
     for step in range(steps):
+        if functional:
+            def task_loss(p: Params) -> tuple[Tensor, Tensor]:
+                loss = loss_fn(functional_call(module, {**frozen, **p}, (inputs,)), targets)
+                return loss, loss
+
+            # torch.func.grad ignores an outer no_grad and stays differentiable by outer
+            # autograd; dropping that graph is what first order means here too.
+            grads, loss = torch.func.grad(task_loss, has_aux=True)(params)
+            if first_order or not create_graph:
+                grads = {k: g.detach() for k, g in grads.items()}
+            params = update(step, params, grads, loss)
+            continue
         with torch.enable_grad():
             if not params or next(iter(params.values())).requires_grad is False:
                 params = {k: v.detach().requires_grad_() for k, v in params.items()}

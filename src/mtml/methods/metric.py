@@ -30,11 +30,20 @@ class ProtoNet(MetaLearner):
         super().__init__(hp, image_shape, ways)
         self.backbone = Conv4(image_shape[0], hp["filters"])
 
+    def embed_and_logits(self, episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
+        """Support and query embeddings and the query logits (NIL reuses the embeddings)."""
+        support, query = self.backbone(episode.support_x), self.backbone(episode.query_x)
+        return support, query, squared_euclidean_logits(query, prototypes(support, episode.support_y, episode.ways))
+
     def logits(self, episode: Episode) -> Tensor:
-        protos = prototypes(self.backbone(episode.support_x), episode.support_y, episode.ways)
-        return squared_euclidean_logits(self.backbone(episode.query_x), protos)
+        return self.embed_and_logits(episode)[2]
 
     def meta_loss(self, batch):
+        if self.task_parallel == "vmap":
+            from mtml.methods import parallel
+
+            if parallel.family(self) == "metric":
+                return parallel.meta_loss(self, batch)
         losses, accs = [], []
         for ep in batch:
             logits = self.logits(ep)

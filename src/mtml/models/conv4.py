@@ -11,10 +11,28 @@ block's output channels without a copy of the network.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+
+
+_SPLIT_AFFINE = contextvars.ContextVar("split_affine_batch_norm", default=False)
+
+
+@contextlib.contextmanager
+def split_affine_batch_norm() -> Iterator[None]:
+    """BatchNorm as normalise-then-scale-and-shift (two ops) inside: torch 2.x's vmap gives
+    wrong second derivatives for batch_norm with an affine weight when its input depends on
+    the parameters too (conv -> batch_norm, seen on torch 2.15), so second-order MAML under
+    vmap runs this way. Outside, the fused op runs, bit for bit as always."""
+    token = _SPLIT_AFFINE.set(True)
+    try:
+        yield
+    finally:
+        _SPLIT_AFFINE.reset(token)
 
 
 class ConvBlock(nn.Module):
@@ -25,7 +43,13 @@ class ConvBlock(nn.Module):
         self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.norm(self.conv(x)))
+        x = self.conv(x)
+        if _SPLIT_AFFINE.get():
+            n = self.norm
+            x = nn.functional.batch_norm(x, None, None, None, None, True, 0.0, n.eps)
+            x = torch.relu(x * n.weight[:, None, None] + n.bias[:, None, None])
+        else:
+            x = torch.relu(self.norm(x))
         return nn.functional.max_pool2d(x, 2) if self.pool else x
 
 

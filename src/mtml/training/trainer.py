@@ -20,6 +20,7 @@ import torch
 
 from mtml.episodes.sampler import ImageBank, manifest_episodes
 from mtml.methods.base import MetaLearner
+from mtml.methods.parallel import resolve_task_parallel
 from mtml.training.checkpoint import load_checkpoint, save_checkpoint, save_model
 from mtml.utils import atomic_path, interactive, progress, write_json
 
@@ -65,6 +66,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     beside the best weights. Writes model.pt, checkpoint.pt and the run's metrics files.
     """
     iterations = tcfg["iterations"] if learner.trainable else 0
+    learner.task_parallel = resolve_task_parallel(tcfg.get("task_parallel", "auto"), device)
     ckpt_path = Path(model_dir) / "checkpoint.pt"
 
     optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None

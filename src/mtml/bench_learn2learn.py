@@ -1,0 +1,142 @@
+"""`mtml benchmark --against learn2learn`: our MAML and ANIL against learn2learn 0.2.0's, side
+by side in one process, interleaved, on the same random episodes, network and settings.
+
+learn2learn is optional (the `bench` extra). Its 0.2.0 source release does not build on
+Python >= 3.11 as published (the shipped .c files come from an old Cython); README, "Against
+learn2learn", gives the recipe: regenerate the .c files with `cython<3.1`, build a wheel, and
+install it with gym (imported by learn2learn at import time). Without it this says so and
+stops.
+
+Both sides wrap the very same `Classifier` (Conv-4 + linear head, BatchNorm on batch
+statistics), use the same inner learning rate and steps, the same first/second order and the
+same Adam outer loop, so the ratio measures the meta-learning machinery, not the network.
+learn2learn's ANIL is its documented recipe: the backbone outside, `l2l.algorithms.MAML`
+around the head. ProtoNet is left out: learn2learn has no ProtoNet algorithm (its example is
+plain PyTorch, the same as ours).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mtml.benchmark import interleaved, random_episode, setting_shape
+from mtml.errors import UserError
+from mtml.methods.base import LearnerContext, build_learner
+from mtml.utils import resolve_device
+
+ALGORITHMS = ("maml", "anil")
+
+
+def import_learn2learn():
+    try:
+        import learn2learn
+    except ImportError as err:
+        raise UserError(f"learn2learn is not importable ({err}); it is the optional `bench` extra, "
+                        "built as README 'Against learn2learn' says") from None
+    return learn2learn
+
+
+def l2l_step(l2l_model, features, opt, batch, steps: int, first_order: bool) -> float:
+    """One learn2learn meta-update in the style of its examples (clone, adapt, query loss)."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for ep in batch:
+        learner = l2l_model.clone()
+        s_in, q_in = ep.support_x, ep.query_x
+        if features is not None:
+            s_in, q_in = features(s_in), features(q_in)
+        for _ in range(steps):
+            learner.adapt(nn.functional.cross_entropy(learner(s_in), ep.support_y), first_order=first_order)
+        loss = nn.functional.cross_entropy(learner(q_in), ep.query_y) / len(batch)
+        loss.backward()
+        total += float(loss.detach())
+    opt.step()
+    return total
+
+
+def l2l_predict(l2l_model, features, ep, steps: int):
+    learner = l2l_model.clone()
+    s_in, q_in = ep.support_x, ep.query_x
+    if features is not None:
+        with torch.no_grad():
+            s_in, q_in = features(s_in), features(q_in)
+    for _ in range(steps):
+        learner.adapt(nn.functional.cross_entropy(learner(s_in), ep.support_y), first_order=True)
+    with torch.no_grad():
+        return learner(q_in)
+
+
+def against_learn2learn(study, experiment: str, repeats: int = 5, iterations: int = 3,
+                        episodes: int = 8, meta_batch: int | None = None, image_size: int | None = None) -> dict:
+    l2l = import_learn2learn()
+    device = resolve_device(study.device)
+    exp = study.experiment(experiment)
+    ways, shots, queries = exp.ways, exp.shots, exp.queries
+    shape = setting_shape(exp, image_size)
+    size = meta_batch or exp.training["meta_batch"]
+    torch.manual_seed(0)
+    batches = [[random_episode(ways, shots, queries, shape, device) for _ in range(size)] for _ in range(iterations)]
+    eval_eps = [random_episode(ways, shots, queries, shape, device) for _ in range(episodes)]
+    runs = [study.run(experiment, m) for m in study.methods]
+    rows = [_compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device)
+            for run in runs if run.cls.algorithm in ALGORITHMS]
+    return {"device": str(device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "learn2learn": l2l.__version__,
+            "setting": {"experiment": experiment, "ways": ways, "shots": shots, "queries": queries,
+                        "image_shape": list(shape), "meta_batch": size, "repeats": repeats,
+                        "train_iterations_per_call": iterations, "eval_episodes_per_call": episodes},
+            "rows": rows}
+
+
+def _compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device) -> dict:
+    torch.manual_seed(0)
+    name = run.method
+    ours = build_learner(run, LearnerContext(shape, ways)).to(device)
+    hp = ours.hp
+    net = copy.deepcopy(ours.net)  # the same initial network for learn2learn
+    head_only = ours.head_only
+    theirs = l2l.algorithms.MAML(net.head if head_only else net, lr=hp["inner_lr"], first_order=hp["first_order"])
+    features = net.backbone if head_only else None
+    opt_ours = ours.make_optimizer(1e-3)
+    opt_theirs = torch.optim.Adam(net.parameters(), lr=1e-3)
+    train = {
+        "mtml": lambda: [ours.train_step(b, opt_ours, lambda b=b: b) for b in batches],
+        "learn2learn": lambda: [l2l_step(theirs, features, opt_theirs, b, hp["inner_steps"], hp["first_order"])
+                                for b in batches],
+    }
+    med_train = interleaved(train, repeats, device)
+    ours.eval()
+    net.eval()
+
+    def ours_eval():
+        with torch.no_grad():
+            for ep in eval_eps:
+                ours.predict(ep)
+
+    evaluate = {"mtml": ours_eval,
+                "learn2learn": lambda: [l2l_predict(theirs, features, ep, hp["eval_inner_steps"]) for ep in eval_eps]}
+    med_eval = interleaved(evaluate, repeats, device)
+    iterations, episodes = len(batches), len(eval_eps)
+    return {
+        "method": name, "algorithm": ours.algorithm,
+        **{f"train_it_per_s_{k}": round(iterations / v["wall"], 3) for k, v in med_train.items()},
+        "train_ours_over_l2l": round(med_train["learn2learn"]["wall"] / med_train["mtml"]["wall"], 3),
+        "train_ours_over_l2l_cpu_time": round(med_train["learn2learn"]["cpu"] / med_train["mtml"]["cpu"], 3),
+        **{f"eval_episodes_per_s_{k}": round(episodes / v["wall"], 2) for k, v in med_eval.items()},
+        "eval_ours_over_l2l": round(med_eval["learn2learn"]["wall"] / med_eval["mtml"]["wall"], 3),
+    }
+
+
+def print_against(result: dict) -> None:
+    s = result["setting"]
+    print(f"mtml vs learn2learn {result['learn2learn']} on {result['device']} ({result['torch_threads']} threads): "
+          f"{s['ways']}-way {s['shots']}-shot, images {s['image_shape']}, meta-batch {s['meta_batch']}; "
+          f"medians of {s['repeats']} interleaved repeats")
+    for r in result["rows"]:
+        print(f"{r['method']:>8} | train it/s mtml {r['train_it_per_s_mtml']:.2f} learn2learn "
+              f"{r['train_it_per_s_learn2learn']:.2f} (x{r['train_ours_over_l2l']:.2f}) | eval episodes/s mtml "
+              f"{r['eval_episodes_per_s_mtml']:.1f} learn2learn {r['eval_episodes_per_s_learn2learn']:.1f} "
+              f"(x{r['eval_ours_over_l2l']:.2f})")
