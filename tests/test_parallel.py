@@ -149,7 +149,7 @@ def test_split_affine_batch_norm_is_the_same_function():
 def test_task_parallel_setting():
     assert resolve_task_parallel("auto", torch.device("cpu")) == "loop"
     assert resolve_task_parallel("vmap", torch.device("cpu")) == "vmap"
-    assert "task_parallel" not in tiny_params()["training"]  # absent = auto, fingerprints unchanged
+    assert "task_parallel" not in tiny_params().params["training"]  # absent = auto, fingerprints unchanged
     with pytest.raises(UserError, match="training.task_parallel"):
         tiny_params(training={"task_parallel": "threads"})
     with pytest.raises(UserError, match="evaluation.episode_batch"):

@@ -73,7 +73,7 @@ def family(learner: MetaLearner) -> str | None:
     (MetaLSTM, the modulated and per-mode learners) falls back to the loop.
     """
     cls = type(learner)
-    if hasattr(learner, "embed_episode"):
+    if cls.embed_episode is not MetaLearner.embed_episode:  # task-dependent features
         return None
     if isinstance(learner, MAML):
         base = MetaSGD if isinstance(learner, MetaSGD) else MAML
