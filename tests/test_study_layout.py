@@ -97,8 +97,14 @@ def test_a_study_is_named_by_its_key_else_its_file():
 def test_outputs_live_in_the_studys_folders_and_inputs_are_keyed_by_content(tmp_path):
     a = Layout(tmp_path, tiny_params())                      # study "tiny"
     b = Layout(tmp_path, study({**TINY, "study": "other"}))
-    assert a.model("tiny", "maml") == tmp_path / "models/tiny/tiny/maml/model.pt"
-    assert a.run_dir("tiny", "maml") == tmp_path / "metrics/tiny/runs/tiny/maml"
+    assert a.model("tiny", "maml") == tmp_path / "models/tiny/tiny/maml/seed-0/model.pt"
+    assert a.run_dir("tiny", "maml") == tmp_path / "metrics/tiny/runs/tiny/maml/seed-0"
+    # training seeds: one level per seed; the data and the manifests stay those of `seed`
+    seeded = Layout(tmp_path, study({**TINY, "seeds": [3, 1]}, ["configs/tiny.yaml"]))
+    assert seeded.run_dir("tiny", "maml", 1) == tmp_path / "metrics/tiny/runs/tiny/maml/seed-1"
+    assert seeded.model("tiny", "maml") == tmp_path / "models/tiny/tiny/maml/seed-3/model.pt"
+    assert seeded.episodes("tiny") == a.episodes("tiny") and seeded.prepared("glyphs") == a.prepared("glyphs")
+    assert [r.seed for r in seeded.study.runs()][:2] == [3, 1]
     assert a.summary() == tmp_path / "metrics/tiny/summary.json"
     assert b.summary() == tmp_path / "metrics/other/summary.json"
     # identical settings: the same prepared data and manifests
