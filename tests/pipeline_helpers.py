@@ -41,9 +41,11 @@ def tiny_params(**overrides):
 
 def run_pipeline(study, root: Path, methods=None, device="cpu", evaluate_on=None) -> dict:
     """prepare -> episodes -> train (on `device`) -> evaluate (on `evaluate_on`, default the
-    same device) for every (experiment, method) of `study` under `root`, whatever the kind.
+    same device) for every (experiment, method, training seed) of `study` under `root`,
+    whatever the kind.
 
-    Returns {(experiment, method): eval rows}. Inputs are built once per root.
+    Returns {(experiment, method): eval rows} for the first seed, and
+    {(experiment, method, seed): eval rows} for further seeds. Inputs are built once per root.
     """
     from mtml import stages
 
@@ -58,9 +60,11 @@ def run_pipeline(study, root: Path, methods=None, device="cpu", evaluate_on=None
         if not layout.episodes(exp).exists():
             stages.build_episodes(study, layout, exp)
         for meth in methods or study.methods:
-            run = study.run(exp, meth)
-            stages.train(run, layout, train_dev)
-            results[(exp, meth)] = stages.evaluate(run, layout, eval_dev)
+            for seed in study.seeds:
+                run = study.run(exp, meth, seed)
+                stages.train(run, layout, train_dev)
+                key = (exp, meth) if seed == study.seeds[0] else (exp, meth, seed)
+                results[key] = stages.evaluate(run, layout, eval_dev)
     return results
 
 

@@ -174,7 +174,7 @@ def test_a_plugin_kind_runs_through_both_front_doors(tmp_path):
         if f.endswith(("eval.json", "episodes.csv", "details.json", "train_log.csv")):
             assert (smk / f).read_bytes() == (dvc / f).read_bytes(), f
     summary = json.loads((smk / "metrics/default/summary.json").read_text())
-    assert list(summary) == ["upside-down/protonet/test/glyphs"]
+    assert list(summary) == ["upside-down/protonet/test/glyphs/seed-0", "upside-down/protonet/test/glyphs"]
 
 
 def test_cli_names_a_missing_params_file_in_one_line(tmp_path):

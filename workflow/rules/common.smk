@@ -113,6 +113,8 @@ SLURM_SETTINGS = {
         "`sacctmgr show assoc user=$USER` lists accounts",
     ),
 }
+
+
 def check_slurm_resources():
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":
