@@ -185,3 +185,23 @@ def test_cli_names_a_missing_params_file_in_one_line(tmp_path):
     p.write_text(yaml.safe_dump(TINY))
     r = run_command([sys.executable, "-m", "mtml", "validate", "--params", str(p)], tmp_path)
     assert "study 'p'" in r.stdout
+
+
+def test_a_checkpoint_of_other_data_is_discarded_not_resumed(tmp_path, capsys):
+    """Issue 13, fault 1: a finished run's checkpoint must not be reused after its data changed."""
+    from pipeline_helpers import run_pipeline
+
+    p = copy.deepcopy(TINY)
+    p["methods"] = {"protonet": {"filters": 4}}
+    p["training"].update(iterations=4, val_interval=2)
+    run_pipeline(study(p), tmp_path / "shared")
+    p["datasets"]["glyphs"]["options"]["drawers"] = 10  # other data, same run folder
+    changed = study(p)
+    capsys.readouterr()
+    again = run_pipeline(changed, tmp_path / "shared")
+    assert "discarding" in capsys.readouterr().out
+    fresh = run_pipeline(changed, tmp_path / "fresh")
+    assert again == fresh
+    layouts = [Layout(tmp_path / r, changed) for r in ("shared", "fresh")]
+    logs = [(lay.run_dir("tiny", "protonet") / "train_log.csv").read_text() for lay in layouts]
+    assert logs[0] == logs[1]

@@ -107,6 +107,7 @@ class Study:
     name: str = DEFAULT_STUDY
     files: tuple[str, ...] = ()
     _experiments: dict = field(default_factory=dict, repr=False)
+    _runs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         # Resolve everything once: every kind setting and every run's hyperparameters are
@@ -203,6 +204,8 @@ class Study:
             seed = self.seeds[0]
         elif int(seed) not in self.seeds:
             raise UserError(f"seed {seed} is not in params 'seeds' ({', '.join(map(str, self.seeds))})")
+        if (experiment, method, int(seed)) in self._runs:
+            return self._runs[(experiment, method, int(seed))]
 
         exp = self.experiment(experiment)
         override = f"experiments.{experiment}.methods.{method}"
@@ -215,6 +218,7 @@ class Study:
         run = Run(self, exp, method, cls, hp, int(seed))
         cls.check_run(run)
         exp.kind.check_run(run)
+        self._runs[(experiment, method, int(seed))] = run
         return run
 
     def runs(self) -> list[Run]:
