@@ -207,7 +207,9 @@ def aggregate(study, layout) -> pd.DataFrame:
     metrics_root = layout.metrics
     info, table, episodes = read_runs(study, layout)
     frame = summarise(study, layout, table, info)
-    rows = _records(frame)
+    # A value a row lacks (e.g. seed_std of one seed) is left out rather than null: DVC's
+    # metrics drop nulls, and `dvc exp show` would then disagree with the file.
+    rows = [{k: v for k, v in r.items() if v is not None} for r in _records(frame)]
     write_json(layout.summary("summary.json"), {summary_key(r): r for r in rows})
     published = published_comparison(frame, study.published) if study.published else None
     write_text(layout.summary("summary.md"), "# Results\n\n" + markdown_summary(frame, published)
