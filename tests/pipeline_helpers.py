@@ -100,9 +100,9 @@ def run_command(cmd, cwd, timeout=900, **kw) -> subprocess.CompletedProcess:
     return r
 
 
-def project_dir(tmp: Path, params: dict | None = None) -> Path:
+def project_dir(tmp: Path, params: dict | None = None, env: dict | None = None) -> Path:
     """A project folder (Snakefile, workflow/, .gitignore) whose params.yaml is `params`
-    (default: configs/tiny.yaml), with the dvc.yaml generated for it."""
+    (default: configs/tiny.yaml), with the dvc.yaml generated for it (in `env`, default ENV)."""
     import shutil
 
     import yaml
@@ -113,5 +113,5 @@ def project_dir(tmp: Path, params: dict | None = None) -> Path:
     shutil.copytree(ROOT / "workflow", tmp / "workflow")
     p = params or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     (tmp / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    run_command([sys.executable, "-m", "mtml", "dvc-yaml"], tmp)
+    run_command([sys.executable, "-m", "mtml", "dvc-yaml"], tmp, env=env or ENV)
     return tmp
