@@ -42,9 +42,11 @@ def tiny_params(**overrides):
 
 def run_pipeline(study, root: Path, methods=None, device="cpu", evaluate_on=None) -> dict:
     """prepare -> episodes -> train (on `device`) -> evaluate (on `evaluate_on`, default the
-    same device) for every (experiment, method) of `study` under `root`, whatever the kind.
+    same device) for every (experiment, method, training seed) of `study` under `root`,
+    whatever the kind.
 
-    Returns {(experiment, method): eval rows}. Inputs are built once per root.
+    Returns {(experiment, method): eval rows} for the first seed, and
+    {(experiment, method, seed): eval rows} for further seeds. Inputs are built once per root.
     """
     from mtml import stages
 
@@ -59,9 +61,11 @@ def run_pipeline(study, root: Path, methods=None, device="cpu", evaluate_on=None
         if not layout.episodes(exp).exists():
             stages.build_episodes(study, layout, exp)
         for meth in methods or study.methods:
-            run = study.run(exp, meth)
-            stages.train(run, layout, train_dev)
-            results[(exp, meth)] = stages.evaluate(run, layout, eval_dev)
+            for seed in study.seeds:
+                run = study.run(exp, meth, seed)
+                stages.train(run, layout, train_dev)
+                key = (exp, meth) if seed == study.seeds[0] else (exp, meth, seed)
+                results[key] = stages.evaluate(run, layout, eval_dev)
     return results
 
 
@@ -90,9 +94,9 @@ def run_command(cmd, cwd, timeout=900, **kw) -> subprocess.CompletedProcess:
     return r
 
 
-def project_dir(tmp: Path, params: dict | None = None) -> Path:
+def project_dir(tmp: Path, params: dict | None = None, env: dict | None = None) -> Path:
     """A project folder (Snakefile, workflow/, .gitignore) whose params.yaml is `params`
-    (default: configs/tiny.yaml), with the dvc.yaml generated for it."""
+    (default: configs/tiny.yaml), with the dvc.yaml generated for it (in `env`, default ENV)."""
     import shutil
 
     import yaml
@@ -103,5 +107,5 @@ def project_dir(tmp: Path, params: dict | None = None) -> Path:
     shutil.copytree(ROOT / "workflow", tmp / "workflow")
     p = params or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     (tmp / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    run_command([sys.executable, "-m", "mtml", "dvc-yaml"], tmp)
+    run_command([sys.executable, "-m", "mtml", "dvc-yaml"], tmp, env=env or ENV)
     return tmp

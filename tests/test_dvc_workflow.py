@@ -85,8 +85,8 @@ def test_large_outputs_in_the_dvc_cache_metrics_in_git(repo):
     assert not [f for f in tracked if f.startswith(("data/", "models/")) or f.endswith((".pt", "trace.jsonl"))]
     for meth in METHODS:
         for name in ("eval.json", "episodes.csv", "train_log.csv", "train.json"):
-            assert f"metrics/default/runs/tiny/{meth}/{name}" in tracked
-        assert (repo / f"models/default/tiny/{meth}/checkpoint.pt").exists()
+            assert f"metrics/default/runs/tiny/{meth}/seed-0/{name}" in tracked
+        assert (repo / f"models/default/tiny/{meth}/seed-0/checkpoint.pt").exists()
     assert {"metrics/default/summary.json", "metrics/default/summary.md", "metrics/default/plots/accuracy.png",
             "dvc.lock"} <= tracked
     # The repository's .gitignore already ignores every cached output: DVC needed no .gitignore of
@@ -94,7 +94,7 @@ def test_large_outputs_in_the_dvc_cache_metrics_in_git(repo):
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob(".gitignore")) == [".dvc/.gitignore", ".gitignore"]
     # The lock file names the cached model, and the cache holds it.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    md5 = next(o["md5"] for o in lock["stages"]["train.tiny.maml"]["outs"] if o["path"].endswith("model.pt"))
+    md5 = next(o["md5"] for o in lock["stages"]["train.tiny.maml.0"]["outs"] if o["path"].endswith("model.pt"))
     assert list((repo / ".dvc/cache").rglob(md5[2:])), md5
     assert _run(["git", "status", "--porcelain"], repo) == ""
 
@@ -139,11 +139,11 @@ def test_experiment_reruns_one_method_and_branches_diff(repo):
     _write_params(repo, params)
     status = _run(["dvc", "status"], repo)
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
-    assert changed == ["aggregate", "evaluate.tiny.maml", "train.tiny.maml"], status
+    assert changed == ["aggregate", "evaluate.tiny.maml.0", "train.tiny.maml.0"], status
     _run(["git", "checkout", "params.yaml"], repo)
 
     out = _run(["dvc", "exp", "run", "-S", "methods.maml.inner_lr=0.1", "-n", "maml-lr01"], repo)
-    assert sorted(re.findall(r"Running stage '([^']+)'", out)) == ["aggregate", "evaluate.tiny.maml", "train.tiny.maml"]
+    assert sorted(re.findall(r"Running stage '([^']+)'", out)) == ["aggregate", "evaluate.tiny.maml.0", "train.tiny.maml.0"]
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
     exps = {r["name"]: r["data"] for base in shown for e in base.get("experiments") or [] for r in e["revs"]}
     assert "maml-lr01" in exps, shown
@@ -164,8 +164,8 @@ def test_experiment_reruns_one_method_and_branches_diff(repo):
     assert any(k.endswith(".accuracy") and c["diff"] != 0 for k, c in diff.items()), diff
 
     plots = json.loads(_run(["dvc", "plots", "diff", "main", "maml-lr", "--json"], repo))["data"]
-    assert plots["metrics/default/runs/tiny/pixel-nn/train_log.csv"] == []  # unchanged: nothing to show
-    (vega,) = plots["metrics/default/runs/tiny/maml/train_log.csv"]
+    assert plots["metrics/default/runs/tiny/pixel-nn/seed-0/train_log.csv"] == []  # unchanged: nothing to show
+    (vega,) = plots["metrics/default/runs/tiny/maml/seed-0/train_log.csv"]
     assert vega["revisions"] == ["main", "maml-lr"]
     rows = vega["content"]["data"]["values"]
     curves = {rev: [(r["iteration"], r["loss"], r["val_accuracy"]) for r in rows if r["rev"] == rev]

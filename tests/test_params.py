@@ -40,10 +40,31 @@ def test_default_params_are_valid_and_defaults_filled():
     (["methods", "new-method"], {}, r"methods.new-method.algorithm' is 'new-method'; allowed:"),
     (["analyses"], ["nope"], r"analyses\[0\]' is 'nope'; allowed"),
     (["seed"], -1, r"'seed'"),
+    (["seeds"], [], r"params key 'seeds': \[\] should be non-empty"),
+    (["seeds"], [0, 0], r"params key 'seeds': .*non-unique"),
+    (["seeds"], 3, r"params key 'seeds': 3 is not of type 'array'"),
+    (["seeds"], [0, -1], r"params key 'seeds.1'"),
+    (["reference"], "protonett", r"params key 'reference' names method 'protonett'; defined methods: .*protonet"),
+    (["published"], {"glyphs-5w1s": {"mamll": {"test": {"accuracy": 50, "source": {"paper": "p", "table": "t"}}}}},
+     r"params key 'published.glyphs-5w1s.mamll' names no method"),
 ])
 def test_bad_params_name_the_key(path, value, pattern):
     with pytest.raises(UserError, match=pattern):
         study(_with(path, value))
+
+
+def test_seeds_default_to_the_data_seed_and_each_run_gets_one():
+    one = study(DEFAULT)
+    assert one.seeds == [one.seed] and {r.seed for r in one.runs()} == {one.seed}
+    three = study({**DEFAULT, "seeds": [0, 1, 2]})
+    runs = three.runs()
+    assert len(runs) == 3 * len(one.runs()) and [r.seed for r in runs[:3]] == [0, 1, 2]
+    # the fingerprint (what a checkpoint must match) covers the training seed
+    e, m = three.experiments[0], three.methods[-1]
+    assert three.run(e, m, 1).fingerprint({}) != three.run(e, m, 2).fingerprint({})
+    assert three.run(e, m, 0).fingerprint({}) == one.run(e, m).fingerprint({})
+    with pytest.raises(UserError, match=r"seed 5 is not in params 'seeds' \(0, 1, 2\)"):
+        three.run(e, m, 5)
 
 
 def test_unknown_top_level_key():

@@ -1,7 +1,10 @@
 """The pipeline through both front doors on configs/tiny.yaml.
 
-- Snakemake and `dvc repro` produce the same set of output files and identical metrics.
+- Snakemake and `dvc repro` produce the same set of output files and identical metrics, with
+  two training seeds: every run once per seed, summary rows per seed and aggregated, the
+  paired comparisons.
 - Changing one method's hyperparameter reruns only that method's stages (+ aggregation).
+- Adding a seed runs only the new seed's stages (+ aggregation).
 - An interrupted training resumes and ends with the same files as an uninterrupted one.
 """
 
@@ -44,11 +47,19 @@ def _git_dvc_init(root: Path):
     run_command(["dvc", "config", "core.check_update", "false"], root)
 
 
+def _seeded() -> dict:
+    """configs/tiny.yaml with two training seeds (and fewer iterations: two runs per method)."""
+    p = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    p["seeds"] = [0, 1]
+    p["training"].update(iterations=6, val_interval=3)
+    return p
+
+
 @pytest.fixture(scope="module")
 def front_doors(tmp_path_factory):
-    smk = project_dir(tmp_path_factory.mktemp("snakemake"))
+    smk = project_dir(tmp_path_factory.mktemp("snakemake"), _seeded())
     run_command(["snakemake", "--cores", "2", "all", "--quiet"], smk)
-    dvc = project_dir(tmp_path_factory.mktemp("dvc"))
+    dvc = project_dir(tmp_path_factory.mktemp("dvc"), _seeded())
     _git_dvc_init(dvc)
     run_command(["dvc", "repro", "--quiet"], dvc)
     return smk, dvc
@@ -59,6 +70,12 @@ def test_both_front_doors_produce_the_same_files(front_doors):
     files = _outputs(smk)
     assert files == _outputs(dvc)
     assert "metrics/default/summary.json" in files and "metrics/default/plots/accuracy.png" in files
+    assert {"metrics/default/compare.json", "metrics/default/compare.md", "metrics/default/plots/compare.png"} <= files
+    for seed in (0, 1):  # every run once per training seed
+        assert f"models/default/tiny/maml/seed-{seed}/model.pt" in files
+        assert f"metrics/default/runs/tiny/pixel-nn/seed-{seed}/episodes.csv" in files
+    # one set of manifests (keyed by the data seed) for both training seeds
+    assert len({f.split("/")[3] for f in files if f.startswith("data/episodes/tiny/")}) == 1
     assert {f.split("/")[2] for f in files if f.startswith("data/processed/")} == {"glyphs", "glyphs-shifted"}
     for f in sorted(files):
         if f.startswith("metrics/") and Path(f).suffix in (".json", ".csv", ".jsonl", ".md") \
@@ -71,7 +88,23 @@ def test_both_front_doors_produce_the_same_files(front_doors):
     for row in a.values():
         assert row["episodes"] == 10 and 0 <= row["accuracy"] <= 100 and row["ci95"] >= 0
         assert {"experiment", "dataset", "split", "method", "ways", "shots", "train_seconds",
-                "eval_seconds", "nil_accuracy"} <= set(row)
+                "eval_seconds", "nil_accuracy", "seed", "seeds", "ci_low", "ci_high"} <= set(row)
+    # one row per seed and one aggregated row (the key `dvc metrics diff` compares), schema-valid
+    assert {k for k in a if k.startswith("tiny/maml/test/glyphs")} == {
+        "tiny/maml/test/glyphs", "tiny/maml/test/glyphs/seed-0", "tiny/maml/test/glyphs/seed-1"}
+    agg, seeds = a["tiny/maml/test/glyphs"], [a[f"tiny/maml/test/glyphs/seed-{k}"] for k in (0, 1)]
+    assert agg["seed"] == "all" and agg["seeds"] == 2
+    assert agg["accuracy"] == pytest.approx(sum(r["accuracy"] for r in seeds) / 2, abs=1e-4)
+    import pandas as pd
+
+    from mtml.analysis.aggregate import SummaryRows
+    from mtml.analysis.compare import CompareRows
+
+    SummaryRows.validate(pd.DataFrame(list(a.values())).reindex(columns=list(SummaryRows.to_schema().columns)))
+    compared = pd.DataFrame(list(json.loads((smk / "metrics/default/compare.json").read_text()).values()))
+    CompareRows.validate(compared)
+    # every pair of the 3 methods, on test and cross-domain, over both seeds
+    assert len(compared) == 6 and set(compared["seeds"]) == {2}
 
 
 def test_changing_one_method_reruns_only_that_method(front_doors):
@@ -83,11 +116,34 @@ def test_changing_one_method_reruns_only_that_method(front_doors):
     dry = run_command(["snakemake", "--cores", "1", "all", "-n", "--printshellcmds"], smk).stdout
     cmds = [line[line.index("python -m mtml"):] for line in dry.splitlines() if "python -m mtml" in line]
     stages = sorted(c.split()[3] for c in cmds)
-    assert stages == ["aggregate", "evaluate", "train"], cmds
+    assert stages == ["aggregate", "evaluate", "evaluate", "train", "train"], cmds  # maml, both seeds
     assert all("--method maml" in c for c in cmds if " train " in c or " evaluate " in c)
     status = run_command(["dvc", "status"], dvc).stdout
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
-    assert changed == ["aggregate", "evaluate.tiny.maml", "train.tiny.maml"], status
+    assert changed == ["aggregate", "evaluate.tiny.maml.0", "evaluate.tiny.maml.1",
+                       "train.tiny.maml.0", "train.tiny.maml.1"], status
+
+
+def test_adding_a_seed_runs_only_the_new_seed(front_doors):
+    smk, dvc = front_doors
+    p = _seeded()
+    p["seeds"] = [0, 1, 2]
+    for root in (smk, dvc):
+        (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    dry = run_command(["snakemake", "--cores", "1", "all", "-n", "--printshellcmds"], smk).stdout
+    cmds = [line[line.index("python -m mtml"):] for line in dry.splitlines() if "python -m mtml" in line]
+    runs = [c for c in cmds if " train " in c or " evaluate " in c]
+    assert len(runs) == 6 and all("--seed 2 " in c for c in runs), cmds
+    assert sorted(c.split()[3] for c in cmds if c not in runs) == ["aggregate"], cmds
+    # dvc.yaml lists stages per seed: a stage first says to regenerate it
+    stale = subprocess.run([sys.executable, "-m", "mtml", "train", "--experiment", "tiny", "--method", "maml",
+                            "--seed", "2", "--dvc"], cwd=dvc, env=ENV, capture_output=True, text=True)
+    assert stale.returncode == 2 and "run `python -m mtml dvc-yaml`" in stale.stderr, stale.stderr
+    run_command([sys.executable, "-m", "mtml", "dvc-yaml"], dvc)
+    status = run_command(["dvc", "status"], dvc).stdout
+    changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
+    assert changed == sorted(f"{stage}.tiny.{m}.2" for stage in ("train", "evaluate")
+                             for m in ("pixel-nn", "protonet", "maml")), status
 
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path):
@@ -101,7 +157,7 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
         run_command([sys.executable, "-m", "mtml", "episodes", "--experiment", "tiny"], root)
     train = [sys.executable, "-m", "mtml", "train", "--experiment", "tiny", "--method", "protonet"]
     run_command(train, roots[0])
-    ckpt = roots[1] / "models/default/tiny/protonet/checkpoint.pt"
+    ckpt = roots[1] / "models/default/tiny/protonet/seed-0/checkpoint.pt"
     proc = subprocess.Popen(train, cwd=roots[1], env=ENV)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -109,14 +165,16 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert proc.poll() is None, "training ended before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (roots[1] / "models/default/tiny/protonet/model.pt").exists()
+    assert not (roots[1] / "models/default/tiny/protonet/seed-0/model.pt").exists()
     import torch
 
     assert 0 < torch.load(ckpt, weights_only=True)["iteration"] < 60
     run_command(train, roots[1])
-    for f in ("metrics/default/runs/tiny/protonet/train_log.csv", "metrics/default/runs/tiny/protonet/train.json"):
+    for f in ("metrics/default/runs/tiny/protonet/seed-0/train_log.csv",
+              "metrics/default/runs/tiny/protonet/seed-0/train.json"):
         assert (roots[0] / f).read_bytes() == (roots[1] / f).read_bytes(), f
-    a, b = (torch.load(r / "models/default/tiny/protonet/model.pt", weights_only=True)["state"] for r in roots)
+    a, b = (torch.load(r / "models/default/tiny/protonet/seed-0/model.pt", weights_only=True)["state"]
+            for r in roots)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -45,11 +45,13 @@ def test_report_has_every_figure_and_table_with_captions(tmp_path):
     figures = sorted((root / "metrics").rglob("*.png"))
     names = {f.relative_to(root).as_posix() for f in figures}
     assert names == {"metrics/default/plots/accuracy.png", "metrics/default/plots/val_curves.png",
+                     "metrics/default/plots/compare.png",
                      "metrics/default/analysis/paper-table/paper_table.png"}, names
-    tables = [root / "metrics/default/summary.md", root / "metrics/default/analysis/paper-table/paper_table.md"]
+    tables = [root / "metrics/default/summary.md", root / "metrics/default/compare.md",
+              root / "metrics/default/analysis/paper-table/paper_table.md"]
     for item in figures + tables:  # embedded, not linked
         assert base64.b64encode(item.read_bytes()).decode() in html, item
-    for caption in ("workflow.rst", "accuracy.rst", "val_curves.rst", "summary.rst"):
+    for caption in ("workflow.rst", "accuracy.rst", "val_curves.rst", "summary.rst", "compare.rst", "forest.rst"):
         first_words = " ".join((ROOT / "workflow/report" / caption).read_text().split()[:3])
         assert first_words in html, caption
     assert html.count("analysis, drawn from the finished runs") == 1  # the figure's caption
@@ -57,4 +59,5 @@ def test_report_has_every_figure_and_table_with_captions(tmp_path):
     # The results table itself is in the report, not only as a download.
     for meth in params["methods"]:
         assert f"| {meth} | " in html, meth
+    assert "| pixel-nn | protonet | " in html  # compare.md too
     assert "<script src=" not in html and "<link href=" not in html  # self-contained

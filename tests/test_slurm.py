@@ -201,8 +201,8 @@ def _outputs(root: Path) -> set[str]:
 def _rule_outputs(rule: str, method: str) -> list[str]:
     names = {"train": ["train_log.csv", "train.json", "timing_train.json", "trace.jsonl"],
              "evaluate": ["eval.json", "episodes.csv", "details.json", "timing_eval.json"]}[rule]
-    extra = [f"models/default/tiny/{method}/model.pt"] if rule == "train" else []
-    return extra + [f"metrics/default/runs/tiny/{method}/{n}" for n in names]
+    extra = [f"models/default/tiny/{method}/seed-0/model.pt"] if rule == "train" else []
+    return extra + [f"metrics/default/runs/tiny/{method}/seed-0/{n}" for n in names]
 
 
 def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
@@ -227,7 +227,7 @@ def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
     deadline = time.time() + 300
     while cancelled is None and first.poll() is None and time.time() < deadline:
         rows = _run(["squeue", "--noheader", "--format=%i|%T|%k"], root, env).stdout.split()
-        running = [r.split("|")[0] for r in rows if r.endswith("|RUNNING|rule_evaluate_wildcards_tiny_maml")]
+        running = [r.split("|")[0] for r in rows if r.endswith("|RUNNING|rule_evaluate_wildcards_tiny_maml_0")]
         if running:
             cancelled = running[0]
             _run(["scancel", cancelled], root, env)
@@ -285,13 +285,13 @@ def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
     compared = sorted(f for f in files if f.startswith("metrics/default/runs/") and Path(f).name not in TIMING_FILES)
     for meth in ("pixel-nn", "protonet", "maml"):
         for name in ("eval.json", "episodes.csv", "train_log.csv"):
-            assert f"metrics/default/runs/tiny/{meth}/{name}" in compared
+            assert f"metrics/default/runs/tiny/{meth}/seed-0/{name}" in compared
     for f in compared:
         assert (root / f).read_bytes() == (ref / f).read_bytes(), f
     import torch
 
     for meth in ("pixel-nn", "protonet", "maml"):
-        a, b = (torch.load(r / f"models/default/tiny/{meth}/model.pt", weights_only=True)["state"] for r in (root, ref))
+        a, b = (torch.load(r / f"models/default/tiny/{meth}/seed-0/model.pt", weights_only=True)["state"] for r in (root, ref))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), meth
     summary = json.loads((root / "metrics/default/summary.json").read_text())
     assert {row["method"] for row in summary.values()} == {"pixel-nn", "protonet", "maml"}

@@ -97,8 +97,14 @@ def test_a_study_is_named_by_its_key_else_its_file():
 def test_outputs_live_in_the_studys_folders_and_inputs_are_keyed_by_content(tmp_path):
     a = Layout(tmp_path, tiny_params())                      # study "tiny"
     b = Layout(tmp_path, study({**TINY, "study": "other"}))
-    assert a.model("tiny", "maml") == tmp_path / "models/tiny/tiny/maml/model.pt"
-    assert a.run_dir("tiny", "maml") == tmp_path / "metrics/tiny/runs/tiny/maml"
+    assert a.model("tiny", "maml") == tmp_path / "models/tiny/tiny/maml/seed-0/model.pt"
+    assert a.run_dir("tiny", "maml") == tmp_path / "metrics/tiny/runs/tiny/maml/seed-0"
+    # training seeds: one level per seed; the data and the manifests stay those of `seed`
+    seeded = Layout(tmp_path, study({**TINY, "seeds": [3, 1]}, ["configs/tiny.yaml"]))
+    assert seeded.run_dir("tiny", "maml", 1) == tmp_path / "metrics/tiny/runs/tiny/maml/seed-1"
+    assert seeded.model("tiny", "maml") == tmp_path / "models/tiny/tiny/maml/seed-3/model.pt"
+    assert seeded.episodes("tiny") == a.episodes("tiny") and seeded.prepared("glyphs") == a.prepared("glyphs")
+    assert [r.seed for r in seeded.study.runs()][:2] == [3, 1]
     assert a.summary() == tmp_path / "metrics/tiny/summary.json"
     assert b.summary() == tmp_path / "metrics/other/summary.json"
     # identical settings: the same prepared data and manifests
@@ -154,21 +160,21 @@ def test_a_kind_registered_by_one_line_runs_in_process(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_plugin_kind_runs_through_both_front_doors(tmp_path):
     env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), ENV.get("PYTHONPATH")]))}
-    smk = project_dir(tmp_path / "smk", _toy_params())
+    smk = project_dir(tmp_path / "smk", _toy_params(), env)
     run_command(["snakemake", "--cores", "2", "all", "--quiet"], smk, env=env)
-    dvc = project_dir(tmp_path / "dvc", _toy_params())
+    dvc = project_dir(tmp_path / "dvc", _toy_params(), env)
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "--quiet"]):
         run_command(cmd, dvc, env=env)
     files = {}
     for root in (smk, dvc):
         files[root] = sorted(str(f.relative_to(root)) for top in ("data/episodes", "models", "metrics")
-                             for f in (root / top).rglob("*") if f.is_file())
+                             for f in (root / top).rglob("*") if f.is_file() and f.name != ".snakemake_timestamp")
     assert files[smk] == files[dvc]
     for f in files[smk]:
-        if f.endswith(("eval.json", "episodes.csv", "details.json", "train_log.csv")):
+        if Path(f).name in ("eval.json", "episodes.csv", "details.json", "train_log.csv"):  # (not timings)
             assert (smk / f).read_bytes() == (dvc / f).read_bytes(), f
     summary = json.loads((smk / "metrics/default/summary.json").read_text())
-    assert list(summary) == ["upside-down/protonet/test/glyphs"]
+    assert list(summary) == ["upside-down/protonet/test/glyphs/seed-0", "upside-down/protonet/test/glyphs"]
 
 
 def test_cli_names_a_missing_params_file_in_one_line(tmp_path):

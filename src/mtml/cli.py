@@ -51,20 +51,26 @@ def cmd_episodes(args):
 
 def cmd_train(args):
     from mtml import stages
+    from mtml.utils import seed_everything
 
     study, layout = _setup(args)
     device = _device(study)
-    res = stages.train(study.run(args.experiment, args.method), layout, device)
-    print(f"trained {args.experiment}/{args.method} on {device}: {res}")
+    run = study.run(args.experiment, args.method, args.seed)
+    seed_everything(run.seed)  # the global RNGs too follow the training seed
+    res = stages.train(run, layout, device)
+    print(f"trained {run.label} on {device}: {res}")
 
 
 def cmd_evaluate(args):
     from mtml import stages
+    from mtml.utils import seed_everything
 
     study, layout = _setup(args)
-    rows = stages.evaluate(study.run(args.experiment, args.method), layout, _device(study))
+    run = study.run(args.experiment, args.method, args.seed)
+    seed_everything(run.seed)  # the global RNGs too follow the training seed
+    rows = stages.evaluate(run, layout, _device(study))
     for r in rows:
-        print(f"{r['experiment']}/{r['method']} {r['split']}:{r['dataset']} "
+        print(f"{run.label} {r['split']}:{r['dataset']} "
               f"{r['accuracy']:.2f} ± {r['ci95']:.2f} (NIL {r['nil_accuracy']:.2f})")
 
 
@@ -163,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--experiment", required=True)
         p.add_argument("--method", required=True)
+        p.add_argument("--seed", type=int, default=None,
+                       help="training seed, one of params 'seeds' (default: the first)")
         p.set_defaults(func=func)
     p = sub.add_parser("aggregate", parents=[common], help="summary.json, tables and plots")
     p.set_defaults(func=cmd_aggregate)

@@ -3,10 +3,14 @@
 Outputs of a study live under its own folder, so presets never overwrite each other or the
 default:
 
-  models/<study>/<exp>/<method>/{model.pt, checkpoint.pt}
-  metrics/<study>/runs/<exp>/<method>/<run files>       metrics/<study>/summary.{json,md}
+  models/<study>/<exp>/<method>/seed-<k>/{model.pt, checkpoint.pt}
+  metrics/<study>/runs/<exp>/<method>/seed-<k>/<run files>
+  metrics/<study>/{summary.json, summary.md, compare.json, compare.md}
   metrics/<study>/plots/*.png                           metrics/<study>/analysis/<name>/
   logs/<study>/...
+
+(k: a training seed of `seeds`; one level per seed even with one seed, so adding seeds moves
+no existing file.)
 
 Inputs shared between studies are keyed by what they were built from, so two studies share
 them exactly when they are identical:
@@ -34,7 +38,8 @@ if TYPE_CHECKING:
 # the experiment kind: kind-specific results go to details.json).
 TRAIN_FILES = ("train_log.csv", "train.json", "timing_train.json", "trace.jsonl")
 EVAL_FILES = ("eval.json", "episodes.csv", "details.json", "timing_eval.json")
-SUMMARY_FILES = ("summary.json", "summary.md", "plots/accuracy.png", "plots/val_curves.png")
+SUMMARY_FILES = ("summary.json", "summary.md", "plots/accuracy.png", "plots/val_curves.png",
+                 "compare.json", "compare.md", "plots/compare.png")
 
 
 def content_key(obj) -> str:
@@ -82,20 +87,30 @@ class Layout:
     def metrics(self) -> Path:
         return self.root / "metrics" / self.study.name
 
-    def model_dir(self, experiment: str, method: str) -> Path:
-        return self.root / "models" / self.study.name / experiment / method
+    # `seed`: a training seed, or a "{seed}" wildcard; None is the first of `seeds` (the run
+    # analyses read).
+    def _seed(self, seed) -> str:
+        return f"seed-{self.study.seeds[0] if seed is None else seed}"
 
-    def model(self, experiment: str, method: str) -> Path:
-        return self.model_dir(experiment, method) / "model.pt"
+    def model_dir(self, experiment: str, method: str, seed=None) -> Path:
+        return self.root / "models" / self.study.name / experiment / method / self._seed(seed)
 
-    def checkpoint(self, experiment: str, method: str) -> Path:
-        return self.model_dir(experiment, method) / "checkpoint.pt"
+    def model(self, experiment: str, method: str, seed=None) -> Path:
+        return self.model_dir(experiment, method, seed) / "model.pt"
 
-    def run_dir(self, experiment: str, method: str) -> Path:
-        return self.metrics / "runs" / experiment / method
+    def checkpoint(self, experiment: str, method: str, seed=None) -> Path:
+        return self.model_dir(experiment, method, seed) / "checkpoint.pt"
 
-    def run_files(self, experiment: str, method: str, names=TRAIN_FILES + EVAL_FILES) -> list[Path]:
-        return [self.run_dir(experiment, method) / n for n in names]
+    def run_dir(self, experiment: str, method: str, seed=None) -> Path:
+        return self.metrics / "runs" / experiment / method / self._seed(seed)
+
+    def run_files(self, experiment: str, method: str, names=TRAIN_FILES + EVAL_FILES, seed=None) -> list[Path]:
+        return [self.run_dir(experiment, method, seed) / n for n in names]
+
+    def all_run_files(self, names=TRAIN_FILES + EVAL_FILES) -> list[Path]:
+        """The run files of every experiment x method x seed (what aggregation reads)."""
+        return [p for run in self.study.runs()
+                for p in self.run_files(run.experiment.name, run.method, names, run.seed)]
 
     def summary(self, name: str = "summary.json") -> Path:
         return self.metrics / name

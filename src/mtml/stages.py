@@ -99,10 +99,11 @@ def train(run: Run, layout: Layout, device) -> dict:
     banks = load_banks(exp, layout, exp.kind.train_datasets(exp) + [s.dataset for s, _ in val], device)
     ctx = exp.kind.context(exp, banks)
     learner = init_learner(run, ctx, device)
-    info = {"method": run.method, "experiment": exp.name, **ctx.info()}
+    info = {"method": run.method, "experiment": exp.name, "seed": run.seed, **ctx.info()}
     return fit(learner, training_stream(run, banks), lambda m: exp.kind.validate(exp, m, banks, val),
-               run.training, run.fingerprint(input_hashes(exp, layout)), layout.model_dir(exp.name, run.method),
-               layout.run_dir(exp.name, run.method), device, run.label, info)
+               run.training, run.fingerprint(input_hashes(exp, layout)),
+               layout.model_dir(exp.name, run.method, run.seed), layout.run_dir(exp.name, run.method, run.seed),
+               device, run.label, info)
 
 
 # -- evaluate ----------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def load_learner(run: Run, layout: Layout, device, path: Path | None = None) -> 
     from mtml.methods.base import LearnerContext
     from mtml.training.checkpoint import load_model, load_weights
 
-    path = Path(path or layout.model(run.experiment.name, run.method))
+    path = Path(path or layout.model(run.experiment.name, run.method, run.seed))
     saved = load_model(path, device)
     tasks = run.experiment.settings.tasks if saved.get("tasks") else ()
     ctx = LearnerContext(tuple(saved["image_shape"]), saved["ways"], tuple(saved.get("modes") or ()), tuple(tasks))
@@ -139,7 +140,7 @@ def evaluate(run: Run, layout: Layout, device) -> list[dict]:
         scored.append((spec, frame))
     rows, details = exp.kind.summarise(run, learner, scored)
     eval_seconds = time.perf_counter() - t0
-    run_dir = layout.run_dir(exp.name, run.method)
+    run_dir = layout.run_dir(exp.name, run.method, run.seed)
     episodes = pd.concat([f for _, f in scored], ignore_index=True)
     if exp.kind.episode_columns:
         episodes = episodes.reindex(columns=exp.kind.episode_columns)

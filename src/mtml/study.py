@@ -2,8 +2,12 @@
 
 `params.load(files)` returns a `Study`. Everything downstream asks it, never the raw dict:
 `study.experiment(name)` is an `Experiment` (kind plug-in, kind settings, training with the
-experiment's overrides), `study.run(exp, method)` a `Run` (the method's class and final
-hyperparameters with every override applied, seed, device).
+experiment's overrides), `study.run(exp, method, seed)` a `Run` (the method's class and final
+hyperparameters with every override applied, its training seed).
+
+Two kinds of seed: `study.seed` (params `seed`) prepares the data and draws the fixed val/test
+manifests; `study.seeds` (params `seeds`, default `[seed]`) are the training seeds. Every
+seed's model is evaluated on the same episodes, so results are paired across seeds and methods.
 """
 
 from __future__ import annotations
@@ -79,10 +83,7 @@ class Run:
     method: str
     cls: type
     hparams: dict         # defaults filled, `methods.<m>` and `experiments.<e>.methods.<m>` applied
-
-    @property
-    def seed(self) -> int:
-        return self.study.seed
+    seed: int             # the training seed (one of `study.seeds`)
 
     @property
     def training(self) -> dict:
@@ -90,7 +91,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.experiment.name}/{self.method}"
+        return f"{self.experiment.name}/{self.method}/seed-{self.seed}"
 
     def fingerprint(self, inputs: dict) -> str:
         """What a checkpoint must match to be resumed: every setting the run depends on and
@@ -114,11 +115,32 @@ class Study:
         for exp in self.experiments:
             for meth in self.methods:
                 self.run(exp, meth)
+        ref = self.params.get("reference")
+        if ref is not None and ref not in self.params["methods"]:
+            raise UserError(f"params key 'reference' names method {ref!r}; defined methods: {', '.join(self.methods)}")
+        from mtml.analysis.compare import check_published
+
+        check_published(self.params)
 
     # -- plain settings -----------------------------------------------------------------
     @property
     def seed(self) -> int:
+        """The data seed: prepared datasets and the fixed manifests."""
         return self.params["seed"]
+
+    @property
+    def seeds(self) -> list[int]:
+        """The training seeds (params `seeds`, else `[seed]`)."""
+        return list(self.params.get("seeds") or [self.params["seed"]])
+
+    @property
+    def reference(self) -> str | None:
+        """The method others are compared with (None: every pair)."""
+        return self.params.get("reference")
+
+    @property
+    def published(self) -> dict:
+        return self.params.get("published") or {}
 
     @property
     def device(self) -> str:
@@ -173,10 +195,17 @@ class Study:
             hp.update(self.params["experiments"][experiment].get("methods", {}).get(method) or {})
         return hp
 
-    def run(self, experiment: str, method: str) -> Run:
-        if (experiment, method) in self._runs:
-            return self._runs[(experiment, method)]
+    def run(self, experiment: str, method: str, seed: int | None = None) -> Run:
+        """The run of `method` on `experiment` with training seed `seed` (default: the first
+        of `seeds`, the one analyses read)."""
         from mtml.methods import resolve_hparams
+
+        if seed is None:
+            seed = self.seeds[0]
+        elif int(seed) not in self.seeds:
+            raise UserError(f"seed {seed} is not in params 'seeds' ({', '.join(map(str, self.seeds))})")
+        if (experiment, method, int(seed)) in self._runs:
+            return self._runs[(experiment, method, int(seed))]
 
         exp = self.experiment(experiment)
         override = f"experiments.{experiment}.methods.{method}"
@@ -186,11 +215,12 @@ class Study:
             if method in exp.config.get("methods", {}):
                 raise UserError(f"{err} (as overridden by '{override}')") from None
             raise
-        run = Run(self, exp, method, cls, hp)
+        run = Run(self, exp, method, cls, hp, int(seed))
         cls.check_run(run)
         exp.kind.check_run(run)
-        self._runs[(experiment, method)] = run
+        self._runs[(experiment, method, int(seed))] = run
         return run
 
     def runs(self) -> list[Run]:
-        return [self.run(e, m) for e in self.experiments for m in self.methods]
+        """Every run of the matrix: experiment x method x training seed."""
+        return [self.run(e, m, s) for e in self.experiments for m in self.methods for s in self.seeds]

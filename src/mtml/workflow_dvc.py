@@ -3,9 +3,13 @@
 DVC's templating cannot compute the content keys of shared inputs (data/processed/<d>/<key>),
 so dvc.yaml is written by `python -m mtml dvc-yaml` and committed. Its stages call the CLI
 with `--dvc`, which first checks that dvc.yaml still matches params.yaml: after a change of a
-dataset's or an experiment's settings (which moves a keyed path) the stage says to regenerate
-it instead of writing where DVC does not look. Changing hyperparameters or training settings
-moves no path and needs nothing.
+dataset's or an experiment's settings (which moves a keyed path) or of `seeds` (which adds or
+removes stages) the stage says to regenerate it instead of writing where DVC does not look.
+Changing hyperparameters or training settings moves no path and needs nothing.
+
+One train and one evaluate stage per experiment x method x training seed
+(`train.<exp>.<method>.<seed>`); the seed is in the stage's command, not in its params, so
+adding a seed leaves the other seeds' stages up to date.
 """
 
 from __future__ import annotations
@@ -40,31 +44,35 @@ def dvc_stages(layout: Layout) -> dict:
             "params": ["seed", f"experiments.{e}", "evaluation", "training"],
             "outs": [r(layout.episodes(e))]}
     for run in study.runs():
-        e, m = run.experiment.name, run.method
+        e, m, k = run.experiment.name, run.method, run.seed
         run_params = ["seed", "device", "training", f"experiments.{e}", f"methods.{m}"]
-        run_dir = layout.run_dir(e, m)
-        outs = [r(layout.model(e, m)),
+        run_dir = layout.run_dir(e, m, k)
+        outs = [r(layout.model(e, m, k)),
                 # kept across reruns so an interrupted training resumes (restarts when params change)
-                {r(layout.checkpoint(e, m)): {"persist": True, "cache": False}}]
+                {r(layout.checkpoint(e, m, k)): {"persist": True, "cache": False}}]
         for name in TRAIN_FILES:
             if name == "trace.jsonl":   # per-iteration records: can grow to megabytes, so the cache
                 outs.append(r(run_dir / name))
             elif name != "train_log.csv":
                 outs.append({r(run_dir / name): {"cache": False}})
-        stages[f"train.{e}.{m}"] = {
-            "cmd": f"python -m mtml train --experiment {e} --method {m} --dvc",
+        stages[f"train.{e}.{m}.{k}"] = {
+            "cmd": f"python -m mtml train --experiment {e} --method {m} --seed {k} --dvc",
             "deps": [r(layout.episodes(e))], "params": run_params, "outs": outs,
             "plots": [{r(run_dir / "train_log.csv"): {"cache": False, "x": "iteration", "y": "val_accuracy"}}]}
-        stages[f"evaluate.{e}.{m}"] = {
-            "cmd": f"python -m mtml evaluate --experiment {e} --method {m} --dvc",
-            "deps": [r(layout.episodes(e)), r(layout.model(e, m))],
+        stages[f"evaluate.{e}.{m}.{k}"] = {
+            "cmd": f"python -m mtml evaluate --experiment {e} --method {m} --seed {k} --dvc",
+            "deps": [r(layout.episodes(e)), r(layout.model(e, m, k))],
             "params": run_params + ["evaluation"],
             "outs": [{r(run_dir / n): {"cache": False}} for n in EVAL_FILES]}
     runs = r(layout.metrics / "runs")
+    # (DVC fails on a params key the file lacks: `reference` and `published` only when given.)
+    compared = [k for k in ("reference", "published") if study.params.get(k)]
     stages["aggregate"] = {
-        "cmd": "python -m mtml aggregate --dvc", "deps": [runs], "params": ["experiments", "methods"],
-        "metrics": [{r(layout.summary("summary.json")): {"cache": False}}],
+        "cmd": "python -m mtml aggregate --dvc", "deps": [runs], "params": ["experiments", "methods"] + compared,
+        "metrics": [{r(layout.summary("summary.json")): {"cache": False}},
+                    {r(layout.summary("compare.json")): {"cache": False}}],
         "outs": [{r(layout.summary("summary.md")): {"cache": False}},
+                 {r(layout.summary("compare.md")): {"cache": False}},
                  {r(layout.metrics / "plots"): {"cache": False}}]}
     for a in study.analyses:
         stages[f"analyse.{a}"] = {
@@ -104,5 +112,5 @@ def check_dvc_yaml(layout: Layout) -> None:
     want = dvc_yaml_text(layout, layout.study.files)
     have = path.read_text() if path.exists() else ""
     if have.split("\n", 2)[-1] != want.split("\n", 2)[-1]:
-        raise UserError(f"{path} does not match the params (its stages or paths are for other datasets or "
-                        f"experiments): run `python -m mtml dvc-yaml`, then `dvc repro` again")
+        raise UserError(f"{path} does not match the params (its stages or paths are for other datasets, "
+                        f"experiments or seeds): run `python -m mtml dvc-yaml`, then `dvc repro` again")

@@ -5,7 +5,7 @@ localrules:
 
 rule aggregate:
     input:
-        [s(p) for e in STUDY.experiments for m in STUDY.methods for p in LAYOUT.run_files(e, m)],
+        [s(p) for p in LAYOUT.all_run_files()],
     output:
         summary=s(LAYOUT.summary("summary.json")),
         table=report(
@@ -23,6 +23,17 @@ rule aggregate:
             caption="../report/val_curves.rst",
             category="Training",
         ),
+        compare_json=s(LAYOUT.summary("compare.json")),
+        compare=report(
+            s(LAYOUT.summary("compare.md")),
+            caption="../report/compare.rst",
+            category="Results",
+        ),
+        forest=report(
+            s(LAYOUT.summary("plots/compare.png")),
+            caption="../report/forest.rst",
+            category="Results",
+        ),
     log:
         s(LAYOUT.log("aggregate", "aggregate")),
     conda:
@@ -31,6 +42,9 @@ rule aggregate:
     params:
         experiments=STUDY.experiments,
         methods=STUDY.methods,
+        seeds=STUDY.seeds,
+        reference=STUDY.reference,
+        published=STUDY.published,
     shell:
         f"python -m mtml aggregate --params {PARAMS} --threads 1 > {{log}} 2>&1"
 
@@ -39,7 +53,7 @@ rule aggregate:
 rule analyse:
     input:
         [s(p) for p in analysis_inputs(LAYOUT) if p != LAYOUT.metrics / "runs"],
-        [s(p) for e in STUDY.experiments for m in STUDY.methods for p in LAYOUT.run_files(e, m)],
+        [s(p) for p in LAYOUT.all_run_files()],
     output:
         report(
             directory(s(LAYOUT.analysis("{analysis}"))),

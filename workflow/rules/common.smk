@@ -61,6 +61,7 @@ wildcard_constraints:
     dataset=choice(STUDY.datasets),
     experiment=choice(STUDY.experiments),
     method=choice(STUDY.methods),
+    seed=choice(map(str, STUDY.seeds)),
     key="[0-9a-f]{10}",
 
 
@@ -95,15 +96,17 @@ def experiment_episodes(w):
 
 
 # What train/evaluate read: their `params:` (workflow/rules/meta.smk), resolved (every
-# override applied), so a change of exactly these reruns a run.
+# override applied), so a change of exactly these reruns a run. Its own training seed only:
+# adding a seed to `seeds` leaves the other seeds' runs alone.
 def run_settings(w):
-    run = STUDY.run(w.experiment, w.method)
+    run = STUDY.run(w.experiment, w.method, int(w.seed))
     return {
         "algorithm": run.cls.algorithm,
         "hparams": run.hparams,
         "experiment": run.experiment.config,
         "training": run.training,
-        "seed": STUDY.seed,
+        "seed": run.seed,
+        "data_seed": STUDY.seed,
         "device": STUDY.device,
     }
 

@@ -1,6 +1,7 @@
-# Train and evaluate one method on one experiment. Their `params:` are exactly the settings
-# the stage reads, so changing one method's hyperparameter reruns only that method.
-RUN = {"experiment": "{experiment}", "method": "{method}"}
+# Train and evaluate one method on one experiment with one training seed. Their `params:` are
+# exactly the settings the stage reads, so changing one method's hyperparameter reruns only
+# that method, and adding a seed runs only the new seed.
+RUN = {"experiment": "{experiment}", "method": "{method}", "seed": "{seed}"}
 
 
 rule train:
@@ -10,7 +11,7 @@ rule train:
         model=s(LAYOUT.model(**RUN)),
         files=[s(p) for p in LAYOUT.run_files(**RUN, names=TRAIN_FILES)],
     log:
-        s(LAYOUT.log("train", "{experiment}", "{method}")),
+        s(LAYOUT.log("train", "{experiment}", "{method}", "seed-{seed}")),
     conda:
         CONDA_ENV
     threads: JOB_THREADS
@@ -20,7 +21,7 @@ rule train:
         settings=run_settings,
     shell:
         f"python -m mtml train --params {PARAMS} --experiment {{wildcards.experiment}}"
-        f" --method {{wildcards.method}} --threads {TORCH_THREADS} > {{log}} 2>&1"
+        f" --method {{wildcards.method}} --seed {{wildcards.seed}} --threads {TORCH_THREADS} > {{log}} 2>&1"
 
 
 rule evaluate:
@@ -30,7 +31,7 @@ rule evaluate:
     output:
         [s(p) for p in LAYOUT.run_files(**RUN, names=EVAL_FILES)],
     log:
-        s(LAYOUT.log("evaluate", "{experiment}", "{method}")),
+        s(LAYOUT.log("evaluate", "{experiment}", "{method}", "seed-{seed}")),
     conda:
         CONDA_ENV
     threads: JOB_THREADS
@@ -41,4 +42,4 @@ rule evaluate:
         evaluation=STUDY.params["evaluation"],
     shell:
         f"python -m mtml evaluate --params {PARAMS} --experiment {{wildcards.experiment}}"
-        f" --method {{wildcards.method}} --threads {TORCH_THREADS} > {{log}} 2>&1"
+        f" --method {{wildcards.method}} --seed {{wildcards.seed}} --threads {TORCH_THREADS} > {{log}} 2>&1"

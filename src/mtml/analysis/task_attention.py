@@ -275,7 +275,7 @@ def ta_curves(study, layout, out_dir: Path) -> None:
 def paper_table(study, summary: dict) -> pd.DataFrame:
     """One row per (dataset, method, setting) of the paper's grid; status 'not run' where
     no experiment of the study covers it. Test split only."""
-    tests = [r for r in summary.values() if r["split"] == "test"]
+    tests = [r for r in summary.values() if r["split"] == "test" and r.get("seed", "all") == "all"]
     datasets = list(dict.fromkeys(study.experiment(e).dataset for e in study.experiments))
     rows = []
     for ds in datasets:

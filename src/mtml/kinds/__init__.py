@@ -132,6 +132,11 @@ class Kind:
         """The (split, dataset) of every eval.json row a run of `exp` must have."""
         return {(s.role, s.dataset) for s in self.manifests(study, exp) if s.role != "val"}
 
+    def table_episodes(self, exp, episodes: pd.DataFrame) -> pd.DataFrame:
+        """The rows of a run's episodes.csv behind its eval.json rows (the summary table's);
+        the paired comparisons use every row."""
+        return episodes
+
     def summarise(self, run, learner, scored: list[tuple[ManifestSpec, pd.DataFrame]]) -> tuple[list[dict], dict]:
         """(eval.json rows, details.json content) from the scored manifests."""
         raise NotImplementedError

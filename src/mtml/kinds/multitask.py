@@ -109,6 +109,11 @@ class Multitask(Kind):
         return {(s.role, s.dataset) for s in self.manifests(study, exp)
                 if s.role != "val" and self._task(exp, s).kind == "classification"}
 
+    def table_episodes(self, exp, episodes):
+        # the classification tasks, as eval.json (dense tasks: details.json and compare.md)
+        names = [t.name for t in exp.settings.tasks if t.kind == "classification"]
+        return episodes[episodes["task"].isin(names)].drop(columns="task")
+
     def summarise(self, run, learner, scored):
         from mtml.evaluation.evaluate import summary_row
         from mtml.multitask.scoring import summary_rows
