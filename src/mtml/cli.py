@@ -8,6 +8,7 @@ arguments, loads the study (params files -> `mtml.study.Study`), and calls its d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mtml.errors import UserError
@@ -152,8 +153,9 @@ def cmd_schema(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtml", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", nargs="+", default=["params.yaml"],
-                        help="params files; later ones override earlier ones (default: params.yaml)")
+    common.add_argument("--params", nargs="+", default=os.environ.get("MTML_PARAMS", "params.yaml").split(),
+                        help="params files; later ones override earlier ones (default: $MTML_PARAMS, which "
+                             "Snakemake sets for its jobs, else params.yaml)")
     common.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: params 'threads')")
     common.add_argument("--dvc", action="store_true",
                         help="called by dvc.yaml: first check that dvc.yaml was generated from these params")

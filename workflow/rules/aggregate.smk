@@ -46,7 +46,7 @@ rule aggregate:
         reference=STUDY.reference,
         published=STUDY.published,
     shell:
-        f"python -m mtml aggregate --params {PARAMS} --threads 1 > {{log}} 2>&1"
+        f"python -m mtml aggregate --threads 1 > {{log}} 2>&1"
 
 
 # An analysis reads the summary, the runs' files, the models and the manifests.
@@ -71,4 +71,4 @@ rule analyse:
         experiments=STUDY.experiments,
         methods=STUDY.methods,
     shell:
-        f"python -m mtml analyse --params {PARAMS} --name {{wildcards.analysis}} --threads 1 > {{log}} 2>&1"
+        f"python -m mtml analyse --name {{wildcards.analysis}} --threads 1 > {{log}} 2>&1"

@@ -18,6 +18,12 @@ min_version("8.10")
 # a stage sees exactly this config. (--config key=value would not reach the stages.)
 PARAMS_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params.yaml"]
 PARAMS = " ".join(PARAMS_FILES)
+# Jobs get the params files in the environment, not in their command: the command is the
+# rule's code, and Snakemake reruns a job whose code changed. Inputs that studies share
+# (data/processed/<dataset>/<key>, data/episodes/<exp>/<key>) would otherwise be rebuilt
+# whenever another study's run touched them. (`python -m mtml` reads MTML_PARAMS when no
+# --params is given.)
+os.environ["MTML_PARAMS"] = PARAMS
 
 # Our one-line checks first, the same every `python -m mtml` stage runs: the files Snakemake
 # read, re-read for repeated keys (YAML silently keeps the last), then the study (schema, names,
@@ -40,9 +46,8 @@ LAYOUT = Layout(".", STUDY)
 # The study's name for the report's captions (jobs read the params files, not this dict).
 config["study"] = STUDY.name
 
-# PARAMS and TORCH_THREADS are constants of a run, written into the shell commands when the
-# workflow is read (f-strings), not `params:`: those would rerun every job when merely the list
-# of --configfile paths changed (dvc.yaml tracks the same settings, not the file names).
+# TORCH_THREADS is a constant of a run, written into the shell commands when the workflow is
+# read (f-strings), not `params:` (dvc.yaml tracks the same settings, not the file names).
 
 # The software of every stage (relative to workflow/rules/): used with `--sdm conda`;
 # otherwise jobs run the `python` on PATH (the activated .venv).

@@ -10,7 +10,7 @@ rule prepare:
         dataset=lambda w: STUDY.dataset(w.dataset),
         seed=STUDY.seed,
     shell:
-        f"python -m mtml prepare --params {PARAMS} --dataset {{wildcards.dataset}}"
+        f"python -m mtml prepare --dataset {{wildcards.dataset}}"
         f" --threads {TORCH_THREADS} > {{log}} 2>&1"
 
 
@@ -28,5 +28,5 @@ rule episodes:
         experiment=lambda w: STUDY.experiment(w.experiment).episode_inputs(),
         seed=STUDY.seed,
     shell:
-        f"python -m mtml episodes --params {PARAMS} --experiment {{wildcards.experiment}}"
+        f"python -m mtml episodes --experiment {{wildcards.experiment}}"
         " --threads 1 > {log} 2>&1"

@@ -20,7 +20,7 @@ rule train:
     params:
         settings=run_settings,
     shell:
-        f"python -m mtml train --params {PARAMS} --experiment {{wildcards.experiment}}"
+        f"python -m mtml train --experiment {{wildcards.experiment}}"
         f" --method {{wildcards.method}} --seed {{wildcards.seed}} --threads {TORCH_THREADS} > {{log}} 2>&1"
 
 
@@ -41,5 +41,5 @@ rule evaluate:
         settings=run_settings,
         evaluation=STUDY.params["evaluation"],
     shell:
-        f"python -m mtml evaluate --params {PARAMS} --experiment {{wildcards.experiment}}"
+        f"python -m mtml evaluate --experiment {{wildcards.experiment}}"
         f" --method {{wildcards.method}} --seed {{wildcards.seed}} --threads {TORCH_THREADS} > {{log}} 2>&1"
