@@ -65,3 +65,17 @@ def test_a_missing_seed_is_named_in_one_line(tmp_path):
     s, layout = _project(tmp_path, seeds=[0, 1])
     with pytest.raises(UserError, match=r"runs/glyphs-5w1s/pixel-nn/seed-1/timing_train.json is missing"):
         aggregate(s, layout)
+
+
+@pytest.mark.skipif(not RUNS.exists(), reason="no committed default runs")
+@pytest.mark.parametrize("keep", [lambda rows: rows[1:], lambda rows: []], ids=["a row removed", "empty list"])
+def test_an_eval_json_missing_rows_stops_aggregation_in_one_line(tmp_path, keep):
+    """Issue 13, fault 3: a run's results never vanish from the table silently."""
+    s, layout = _project(tmp_path)
+    path = layout.run_dir("glyphs-5w1s", "maml", 0) / "eval.json"
+    path.write_text(json.dumps(keep(json.loads(path.read_text()))))
+    with pytest.raises(UserError, match=r"glyphs-5w1s/maml/seed-0/eval.json lacks the (test|cross-domain) row "
+                                        r"of dataset '[\w-]+' for glyphs-5w1s/maml.*evaluate") as err:
+        aggregate(s, layout)
+    assert "\n" not in str(err.value)
+    assert not layout.summary("summary.json").exists()
