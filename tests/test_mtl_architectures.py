@@ -16,14 +16,7 @@ SHAPE = (3, 16, 16)
 TASK_NAMES = ["classification", "depth", "normals", "vanishing_point"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def small_ops():
-    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.set_num_threads(threads)
-    torch.backends.mkldnn.enabled = mkldnn
+pytestmark = pytest.mark.usefixtures("small_ops")  # tests/conftest.py
 
 
 def _load_column(trunk, column: int, net: Conv4) -> None:

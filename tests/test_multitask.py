@@ -26,16 +26,7 @@ from mtml.multitask.data import Subtask
 from mtml.multitask.tasks import TASKS
 from mtml.params import study as make_study
 
-
-@pytest.fixture(autouse=True, scope="module")
-def small_ops():
-    # Tiny convolutions run several times faster on one thread without oneDNN; restore both.
-    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.set_num_threads(threads)
-    torch.backends.mkldnn.enabled = mkldnn
+pytestmark = pytest.mark.usefixtures("small_ops")  # tests/conftest.py
 
 
 SHAPE = (3, 16, 16)
