@@ -1,5 +1,6 @@
 import os
 import re
+import shlex
 import tempfile
 
 import yaml
@@ -18,12 +19,12 @@ min_version("8.10")
 # a stage sees exactly this config. (--config key=value would not reach the stages.)
 PARAMS_FILES = [str(f) for f in workflow.overwrite_configfiles] or ["params.yaml"]
 PARAMS = " ".join(PARAMS_FILES)
-# Jobs get the params files in the environment, not in their command: the command is the
-# rule's code, and Snakemake reruns a job whose code changed. Inputs that studies share
+# Jobs get the params files in the environment (a shell prefix), not in their command: the
+# command is the rule's code, and Snakemake reruns a job whose code changed. Inputs that studies share
 # (data/processed/<dataset>/<key>, data/episodes/<exp>/<key>) would otherwise be rebuilt
 # whenever another study's run touched them. (`python -m mtml` reads MTML_PARAMS when no
 # --params is given.)
-os.environ["MTML_PARAMS"] = PARAMS
+shell.prefix(f"set -euo pipefail; export MTML_PARAMS={shlex.quote(PARAMS)}; ")
 
 # Our one-line checks first, the same every `python -m mtml` stage runs: the files Snakemake
 # read, re-read for repeated keys (YAML silently keeps the last), then the study (schema, names,
