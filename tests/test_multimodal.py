@@ -477,7 +477,8 @@ def test_a_multimodal_experiment_runs_through_the_cli_stages(tmp_path, monkeypat
     for stage in stages:
         assert main([*stage, "--params", "params.yaml"]) == 0, stage
     summary = json.loads(Path("metrics/default/summary.json").read_text())
-    assert {k.rsplit("/", 1)[1] for k in summary} == {*MODES, "all"}
+    assert {k.split("/")[3] for k in summary} == {*MODES, "all"}  # exp/method/split/dataset[/seed-k]
+    assert {k.rsplit("/", 1)[1] for k in summary if k.count("/") == 4} == {"seed-0"}
     md = Path("metrics/default/analysis/multimodal-table/table.md").read_text()
     assert "| maml | maml |" in md and "| mmaml-kml | maml |" in md  # a result row, a paired difference
     ratios = pd.read_csv("metrics/default/analysis/transference/ratios.csv")

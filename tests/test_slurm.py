@@ -34,7 +34,8 @@ BIN = Path(sys.executable).parent
 TIMING_FILES = {"timing_train.json", "timing_eval.json"}
 # Any SLURM submission of the controller, whatever the rule.
 ANY_SUBMITTED = re.compile(r"has been submitted with SLURM jobid \d+ \(log: \S*/rule_(\w+)/")
-SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/tiny_([\w-]+)/\d+\.log\)")
+# (the log folder joins the wildcards: tiny_<method>_<seed>)
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/tiny_([\w-]+?)_\d+/\d+\.log\)")
 
 pytestmark = pytest.mark.slow
 
@@ -245,7 +246,7 @@ def test_pipeline_on_slurm_recovers_and_matches_a_local_run(cluster, tmp_path):
     assert states[cancelled] == "CANCELLED" and by_job[("evaluate", "maml")] == cancelled
     killed = by_job[("evaluate", "pixel-nn")]
     assert states[killed] == "FAILED"
-    slurm_log = (root / f".snakemake/slurm_logs/rule_evaluate/tiny_pixel-nn/{killed}.log").read_text()
+    slurm_log = (root / f".snakemake/slurm_logs/rule_evaluate/tiny_pixel-nn_0/{killed}.log").read_text()
     assert "exceeded memory limit" in slurm_log, slurm_log[-2000:]
     # Neither left an output that looks complete; every other job finished.
     for meth in ("maml", "pixel-nn"):
