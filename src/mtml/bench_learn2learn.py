@@ -22,10 +22,9 @@ import copy
 import torch
 from torch import nn
 
-from mtml.benchmark import interleaved, random_episode, setting_shape
+from mtml.benchmark import interleaved, random_episode, random_training
 from mtml.errors import UserError
 from mtml.methods.base import LearnerContext, build_learner
-from mtml.utils import resolve_device
 
 ALGORITHMS = ("maml", "anil")
 
@@ -72,13 +71,8 @@ def l2l_predict(l2l_model, features, ep, steps: int):
 def against_learn2learn(study, experiment: str, repeats: int = 5, iterations: int = 3,
                         episodes: int = 8, meta_batch: int | None = None, image_size: int | None = None) -> dict:
     l2l = import_learn2learn()
-    device = resolve_device(study.device)
-    exp = study.experiment(experiment)
+    device, exp, shape, size, batches = random_training(study, experiment, iterations, image_size, meta_batch)
     ways, shots, queries = exp.ways, exp.shots, exp.queries
-    shape = setting_shape(exp, image_size)
-    size = meta_batch or exp.training["meta_batch"]
-    torch.manual_seed(0)
-    batches = [[random_episode(ways, shots, queries, shape, device) for _ in range(size)] for _ in range(iterations)]
     eval_eps = [random_episode(ways, shots, queries, shape, device) for _ in range(episodes)]
     runs = [study.run(experiment, m) for m in study.methods]
     rows = [_compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device)

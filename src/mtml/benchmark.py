@@ -50,6 +50,20 @@ def setting_shape(exp, image_size: int | None = None) -> tuple[int, int, int]:
     return (shape[0], image_size, image_size) if image_size else shape
 
 
+def random_training(study, experiment: str, iterations: int, image_size: int | None = None,
+                    meta_batch: int | None = None):
+    """(device, experiment, image shape, meta-batch size, `iterations` meta-batches of random
+    episodes) for timing the experiment's setting side by side (seeded)."""
+    device = resolve_device(study.device)
+    exp = study.experiment(experiment)
+    shape = setting_shape(exp, image_size)
+    size = meta_batch or exp.training["meta_batch"]
+    torch.manual_seed(0)
+    batches = [[random_episode(exp.ways, exp.shots, exp.queries, shape, device) for _ in range(size)]
+               for _ in range(iterations)]
+    return device, exp, shape, size, batches
+
+
 def interleaved(variants: dict, repeats: int, device) -> dict[str, dict[str, float]]:
     """Median seconds per call of each variant, timed in turns (A B C A B C ...) so that a
     noisy, shared machine slows every variant alike; ratios of medians are what to read.
@@ -182,14 +196,8 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
     from mtml.methods.base import LearnerContext
     from mtml.methods.parallel import family
 
-    device = resolve_device(study.device)
-    exp = study.experiment(experiment)
+    device, exp, shape, size, train_batches = random_training(study, experiment, iterations, image_size, meta_batch)
     ways, shots, queries = exp.ways, exp.shots, exp.queries
-    shape = setting_shape(exp, image_size)
-    size = meta_batch or exp.training["meta_batch"]
-    torch.manual_seed(0)
-    train_batches = [[random_episode(ways, shots, queries, shape, device) for _ in range(size)]
-                     for _ in range(iterations)]
     bank, manifest = random_bank(ways, shots, queries, shape, device, episodes)
     rows = []
     for name in study.methods:
