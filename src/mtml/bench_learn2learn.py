@@ -25,6 +25,7 @@ from torch import nn
 from mtml.benchmark import interleaved, random_episode, random_training
 from mtml.errors import UserError
 from mtml.methods.base import LearnerContext, build_learner
+from mtml.methods.parallel import EpisodeBatch, batch_outputs, resolve_task_parallel
 
 ALGORITHMS = ("maml", "anil")
 
@@ -89,6 +90,8 @@ def _compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device) -
     torch.manual_seed(0)
     name = run.method
     ours = build_learner(run, LearnerContext(shape, ways)).to(device)
+    # as training runs it: `training.task_parallel` (auto: vmap on CUDA, the loop on CPU)
+    ours.task_parallel = resolve_task_parallel(run.training.get("task_parallel", "auto"), device)
     hp = ours.hp
     net = copy.deepcopy(ours.net)  # the same initial network for learn2learn
     head_only = ours.head_only
@@ -110,7 +113,13 @@ def _compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device) -
             for ep in eval_eps:
                 ours.predict(ep)
 
-    evaluate = {"mtml": ours_eval,
+    stacked = EpisodeBatch.stack(eval_eps)
+
+    def ours_batched():  # the evaluation stage's batched path, all episodes in one call
+        with torch.no_grad():
+            batch_outputs(ours, stacked, hp["eval_inner_steps"], first_order=True)
+
+    evaluate = {"mtml": ours_eval, "mtml_batched": ours_batched,
                 "learn2learn": lambda: [l2l_predict(theirs, features, ep, hp["eval_inner_steps"]) for ep in eval_eps]}
     med_eval = interleaved(evaluate, repeats, device)
     iterations, episodes = len(batches), len(eval_eps)
@@ -121,6 +130,8 @@ def _compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device) -
         "train_ours_over_l2l_cpu_time": round(med_train["learn2learn"]["cpu"] / med_train["mtml"]["cpu"], 3),
         **{f"eval_episodes_per_s_{k}": round(episodes / v["wall"], 2) for k, v in med_eval.items()},
         "eval_ours_over_l2l": round(med_eval["learn2learn"]["wall"] / med_eval["mtml"]["wall"], 3),
+        "eval_ours_batched_over_l2l": round(med_eval["learn2learn"]["wall"] / med_eval["mtml_batched"]["wall"], 3),
+        "task_parallel": ours.task_parallel,
     }
 
 
@@ -130,7 +141,8 @@ def print_against(result: dict) -> None:
           f"{s['ways']}-way {s['shots']}-shot, images {s['image_shape']}, meta-batch {s['meta_batch']}; "
           f"medians of {s['repeats']} interleaved repeats")
     for r in result["rows"]:
-        print(f"{r['method']:>8} | train it/s mtml {r['train_it_per_s_mtml']:.2f} learn2learn "
+        print(f"{r['method']:>8} | train it/s mtml ({r['task_parallel']}) {r['train_it_per_s_mtml']:.2f} learn2learn "
               f"{r['train_it_per_s_learn2learn']:.2f} (x{r['train_ours_over_l2l']:.2f}) | eval episodes/s mtml "
-              f"{r['eval_episodes_per_s_mtml']:.1f} learn2learn {r['eval_episodes_per_s_learn2learn']:.1f} "
-              f"(x{r['eval_ours_over_l2l']:.2f})")
+              f"loop {r['eval_episodes_per_s_mtml']:.1f} (x{r['eval_ours_over_l2l']:.2f}), batched "
+              f"{r['eval_episodes_per_s_mtml_batched']:.1f} (x{r['eval_ours_batched_over_l2l']:.2f}), "
+              f"learn2learn {r['eval_episodes_per_s_learn2learn']:.1f}")

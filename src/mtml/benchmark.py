@@ -15,6 +15,7 @@ import time
 import torch
 
 from mtml.methods.base import build_learner
+from mtml.methods.parallel import resolve_task_parallel
 from mtml.utils import resolve_device
 
 
@@ -106,7 +107,8 @@ def random_bank(ways, shots, queries, shape, device, episodes: int, seed: int = 
 def time_method(learner, stream, tasks_of, batch_size, device, iterations, episodes) -> dict:
     """Parameter counts, meta-training iterations/s and evaluation tasks/s of one learner,
     on meta-batches of `stream` (`tasks_of(batch)` lists a batch's tasks)."""
-    row = {"algorithm": learner.algorithm, "parameters": sum(p.numel() for p in learner.parameters())}
+    row = {"algorithm": learner.algorithm, "parameters": sum(p.numel() for p in learner.parameters()),
+           "task_parallel": learner.task_parallel}
     generator = learner.generator_parameters()
     if generator is not None:
         row["generator_parameters"] = int(generator)
@@ -144,6 +146,7 @@ def benchmark(study, layout, experiment: str, iterations: int = 10, episodes: in
         run = study.run(experiment, name)
         torch.manual_seed(0)
         learner = build_learner(run, ctx).to(device)
+        learner.task_parallel = resolve_task_parallel(run.training.get("task_parallel", "auto"), device)
         stream = stages.training_stream(run, banks)
         rows.append({"method": name, **time_method(learner, stream, exp.kind.tasks_of, batch_size, device,
                                                    iterations, episodes)})
@@ -182,12 +185,28 @@ def write_benchmark(result: dict, path) -> None:
     write_text(path, json.dumps(result, indent=2) + "\n")
 
 
+# `--numerics` names: the `training` settings each stands for (mtml.speed)
+NUMERICS = {"reference": {}, "tf32": {"tf32": True}, "bf16": {"amp": "bf16"}, "tf32+bf16": {"tf32": True, "amp": "bf16"}}
+
+
+def _with_numerics(fn, name: str, device):
+    from mtml.speed import numerics
+
+    def run():
+        with numerics(NUMERICS[name], device):
+            return fn()
+    return run
+
+
 def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episodes: int = 32,
-            eval_batches=(1, 8), image_size: int | None = None, meta_batch: int | None = None) -> dict:
+            eval_batches=(1, 8), image_size: int | None = None, meta_batch: int | None = None,
+            numerics=("reference",)) -> dict:
     """The speed options side by side, interleaved in one process on the same random episodes:
     meta-training with `task_parallel` loop vs vmap, and the evaluation stage's
     `evaluate_manifest` (NIL included) at each `evaluation.episode_batch` of `eval_batches`
-    (1 = the reference loop). Methods without a batched path are left out."""
+    (1 = the reference loop), all in float32 (TF32 off); each further name of `numerics`
+    (NUMERICS: tf32, bf16, tf32+bf16) adds vmap training and the largest episode batch with
+    those settings. Methods without a batched path are left out."""
     import contextlib
     import copy
     import io
@@ -199,6 +218,8 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
     device, exp, shape, size, train_batches = random_training(study, experiment, iterations, image_size, meta_batch)
     ways, shots, queries = exp.ways, exp.shots, exp.queries
     bank, manifest = random_bank(ways, shots, queries, shape, device, episodes)
+    extra = [n for n in numerics if n != "reference"]
+    largest = max(eval_batches)
     rows = []
     for name in study.methods:
         torch.manual_seed(0)
@@ -208,32 +229,41 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
         row = {"method": name, "family": family(learner)}
         if learner.trainable:
             variants = {}
-            for mode in ("loop", "vmap"):
+            modes = [("loop", "reference"), ("vmap", "reference")] + [("vmap", n) for n in extra]
+            for mode, num in modes:
                 twin = copy.deepcopy(learner).train()
                 twin.task_parallel = mode
                 opt = twin.make_optimizer(1e-3)
-                variants[mode] = (lambda t=twin, o=opt: [t.train_step(b, o, lambda b=b: b) for b in train_batches])
+                name = mode if num == "reference" else f"{mode}+{num}"
+                variants[name] = _with_numerics(
+                    lambda t=twin, o=opt: [t.train_step(b, o, lambda b=b: b) for b in train_batches], num, device)
             med = interleaved(variants, repeats, device)
             for mode, t in med.items():
                 row[f"train_it_per_s_{mode}"] = round(iterations / t["wall"], 3)
-            row["train_vmap_over_loop"] = round(med["loop"]["wall"] / med["vmap"]["wall"], 3)
+                if mode != "loop":
+                    row[f"train_{mode}_over_loop"] = round(med["loop"]["wall"] / t["wall"], 3)
             row["train_vmap_over_loop_cpu_time"] = round(med["loop"]["cpu"] / med["vmap"]["cpu"], 3)
         learner.eval()
         quiet = contextlib.redirect_stdout(io.StringIO())
-        variants = {n: (lambda n=n, m=learner: evaluate_manifest(m, bank, manifest, "bench", n)) for n in eval_batches}
+        variants = {str(n): _with_numerics(lambda n=n, m=learner: evaluate_manifest(m, bank, manifest, "bench", n),
+                                           "reference", device) for n in eval_batches}
+        for num in extra:
+            variants[f"{largest}+{num}"] = _with_numerics(
+                lambda m=learner: evaluate_manifest(m, bank, manifest, "bench", largest), num, device)
         with quiet, contextlib.redirect_stderr(io.StringIO()):
             med = interleaved(variants, repeats, device)
+        loop = med[str(eval_batches[0])]
         for n, t in med.items():
             row[f"eval_episodes_per_s_batch{n}"] = round(episodes / t["wall"], 2)
-            row[f"eval_batch{n}_over_loop"] = round(med[eval_batches[0]]["wall"] / t["wall"], 3)
-            row[f"eval_batch{n}_over_loop_cpu_time"] = round(med[eval_batches[0]]["cpu"] / t["cpu"], 3)
+            row[f"eval_batch{n}_over_loop"] = round(loop["wall"] / t["wall"], 3)
+            row[f"eval_batch{n}_over_loop_cpu_time"] = round(loop["cpu"] / t["cpu"], 3)
         rows.append(row)
     return {"device": str(device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
             "setting": {"experiment": experiment, "ways": ways, "shots": shots, "queries": queries,
                         "image_shape": list(shape), "meta_batch": size, "repeats": repeats,
                         "train_iterations_per_call": iterations, "eval_episodes_per_call": episodes,
-                        "eval_batches": list(eval_batches)},
+                        "eval_batches": list(eval_batches), "numerics": ["reference", *extra]},
             "rows": rows}
 
 
@@ -244,10 +274,13 @@ def print_comparison(result: dict) -> None:
           f"meta-batch {s['meta_batch']}; medians of {s['repeats']} interleaved repeats")
     for r in result["rows"]:
         parts = [f"{r['method']:>10}"]
-        if "train_vmap_over_loop" in r:
-            parts.append(f"train it/s loop {r['train_it_per_s_loop']:.2f} vmap {r['train_it_per_s_vmap']:.2f} "
-                         f"(vmap/loop x{r['train_vmap_over_loop']:.2f}, CPU time x{r['train_vmap_over_loop_cpu_time']:.2f})")
+        if "train_it_per_s_loop" in r:
+            trains = [k[len("train_it_per_s_"):] for k in r if k.startswith("train_it_per_s_")]
+            parts.append("train it/s " + ", ".join(
+                f"{m} {r[f'train_it_per_s_{m}']:.2f}" + (f" (x{r[f'train_{m}_over_loop']:.2f})" if m != "loop" else "")
+                for m in trains))
+        evals = [k[len("eval_episodes_per_s_batch"):] for k in r if k.startswith("eval_episodes_per_s_batch")]
         parts.append("eval episodes/s " + ", ".join(
             f"batch {n}: {r[f'eval_episodes_per_s_batch{n}']:.1f} (x{r[f'eval_batch{n}_over_loop']:.2f})"
-            for n in s["eval_batches"]))
+            for n in evals))
         print(" | ".join(parts))

@@ -90,6 +90,16 @@ def cmd_analyse(args):
     print(f"wrote {stages.analyse(study, layout, args.name)}")
 
 
+def numerics_names(text: str) -> list[str]:
+    from mtml.benchmark import NUMERICS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in NUMERICS]
+    if bad:
+        raise UserError(f"--numerics {','.join(bad)}: unknown; choose from {', '.join(NUMERICS)}")
+    return names
+
+
 def cmd_benchmark(args):
     from mtml.benchmark import (
         benchmark,
@@ -116,7 +126,7 @@ def cmd_benchmark(args):
         if batches[0] != 1:
             raise UserError("--eval-batches starts with 1 (the reference loop the others are compared with)")
         result = compare(study, exp, args.repeats, args.iterations, args.episodes, batches,
-                         args.image_size, args.meta_batch)
+                         args.image_size, args.meta_batch, numerics_names(args.numerics))
         print_comparison(result)
         out = args.out or f"bench/compare-{result['device'].split(':')[0]}.json"
         write_benchmark(result, out)
@@ -191,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time our MAML and ANIL against learn2learn's (optional `bench` extra), interleaved; "
                         "--iterations and --episodes are per timed call")
     p.add_argument("--eval-batches", default="1,4,8", help="with --compare: episode_batch values, 1 first (default 1,4,8)")
+    p.add_argument("--numerics", default="reference",
+                   help="with --compare: comma-separated numerics (reference, tf32, bf16, tf32+bf16); each beyond "
+                        "reference adds vmap training and the largest episode batch with it (mtml.speed)")
     p.add_argument("--repeats", type=int, default=5, help="with --compare/--against: interleaved repeats (median reported)")
     p.add_argument("--image-size", type=int, default=None, help="with --compare/--against: square image side (default: the experiment's)")
     p.add_argument("--meta-batch", type=int, default=None, help="with --compare/--against: tasks per meta-batch (default: training.meta_batch)")

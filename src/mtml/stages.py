@@ -17,6 +17,7 @@ import torch
 from mtml.kinds import ManifestSpec
 from mtml.layout import Layout
 from mtml.methods.base import MetaLearner, build_learner
+from mtml.speed import numerics
 from mtml.study import Experiment, Run, Study
 from mtml.utils import atomic_path, derive_seed, write_json
 
@@ -100,10 +101,11 @@ def train(run: Run, layout: Layout, device) -> dict:
     ctx = exp.kind.context(exp, banks)
     learner = init_learner(run, ctx, device)
     info = {"method": run.method, "experiment": exp.name, "seed": run.seed, **ctx.info()}
-    return fit(learner, training_stream(run, banks), lambda m: exp.kind.validate(exp, m, banks, val),
-               run.training, run.fingerprint(input_hashes(exp, layout)),
-               layout.model_dir(exp.name, run.method, run.seed), layout.run_dir(exp.name, run.method, run.seed),
-               device, run.label, info)
+    with numerics(run.training, device):
+        return fit(learner, training_stream(run, banks), lambda m: exp.kind.validate(exp, m, banks, val),
+                   run.training, run.fingerprint(input_hashes(exp, layout)),
+                   layout.model_dir(exp.name, run.method, run.seed), layout.run_dir(exp.name, run.method, run.seed),
+                   device, run.label, info)
 
 
 # -- evaluate ----------------------------------------------------------------------------------
@@ -132,7 +134,8 @@ def evaluate(run: Run, layout: Layout, device) -> list[dict]:
             banks.update(load_banks(exp, layout, [spec.dataset], device))
         where = " ".join(f"{k} {v}" for k, v in spec.keys.items())
         label = f"eval {run.label} {spec.role}:{spec.dataset}" + (f" {where}" if where else "")
-        frame = exp.kind.score(exp, learner, banks[spec.dataset], spec, manifest, label)
+        with numerics(run.training, device):
+            frame = exp.kind.score(exp, learner, banks[spec.dataset], spec, manifest, label)
         frame.insert(0, "split", spec.role)
         frame.insert(1, "dataset", spec.dataset)
         for i, (k, v) in enumerate(spec.keys.items()):

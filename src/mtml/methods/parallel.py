@@ -110,7 +110,11 @@ def batch_outputs(learner: MetaLearner, batch: EpisodeBatch, steps: int = 0, fir
         return (o.logits, o.loss, o.acc, *extra)
 
     second_order = not first_order and torch.is_grad_enabled()
-    with functional_grads(), split_affine_batch_norm() if second_order else contextlib.nullcontext():
+    # bf16 autocast (training.amp): vmap's batch_norm backward then fails on the mixed
+    # dtypes ("expected scalar type BFloat16 but found Float", torch 2.15); the split form works
+    autocast = torch.is_autocast_enabled(batch.support_x.device.type)
+    split = second_order or autocast
+    with functional_grads(), split_affine_batch_norm() if split else contextlib.nullcontext():
         out = vmap(task)(*batch.tensors())
     result = BatchOutputs(*out[:3])
     if features:

@@ -27,7 +27,8 @@ def split_affine_batch_norm() -> Iterator[None]:
     """BatchNorm as normalise-then-scale-and-shift (two ops) inside: torch 2.x's vmap gives
     wrong second derivatives for batch_norm with an affine weight when its input depends on
     the parameters too (conv -> batch_norm, seen on torch 2.15), so second-order MAML under
-    vmap runs this way. Outside, the fused op runs, bit for bit as always."""
+    vmap runs this way, and so does vmap under bf16 autocast (whose fused backward fails on
+    the mixed dtypes). Outside, the fused op runs, bit for bit as always."""
     token = _SPLIT_AFFINE.set(True)
     try:
         yield
