@@ -101,3 +101,17 @@ def test_the_committed_default_summary_is_what_its_committed_runs_give(tmp_path)
     for name in ("summary.json", "compare.json"):
         ours, committed = (json.loads(p.read_text()) for p in (layout.summary(name), ROOT / "metrics/default" / name))
         assert ours == committed, f"metrics/default/{name} is not what its runs give: rerun the aggregate stage"
+
+
+def test_multitask_rows_get_one_table_per_task(tmp_path):
+    """compare.json of a multi-task study has a `task` column: one table per task, titled with it."""
+    row = {"experiment": "scenes-mt", "split": "test", "dataset": "scenes", "versus": "anil", "seeds": 2,
+           "episodes": 25, "ci_low": 1.0, "ci_high": 5.0, "p_combined_holm": 0.02, "verdict": "better"}
+    rows = {f"{t}/am": {**row, "task": t, "method": "am", "difference": d} for t, d in (("depth", 3.0), ("normals", 2.5))}
+    (tmp_path / "metrics/mt").mkdir(parents=True)
+    (tmp_path / "metrics/mt/compare.json").write_text(json.dumps(rows))
+    (tmp_path / "README.md").write_text("<!-- results:mt table=compare task=normals -->\n<!-- /results -->\n")
+    update(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "**scenes-mt — test (scenes) [normals]**, paired on 25 episodes x 2 training seeds" in text
+    assert "| am | anil | +2.50 [+1.00, +5.00] | 0.020 | better |" in text and "depth" not in text
