@@ -87,20 +87,29 @@ def test_a_bad_block_stops_with_one_line(tmp_path, block, message):
     assert "lacks" in message or "README.md:4 (results:" in str(err.value)
 
 
-def test_the_committed_default_summary_is_what_its_committed_runs_give(tmp_path):
+def _documented_studies() -> list[str]:
+    return sorted({m["study"] for p in documents(ROOT) for m in BLOCK.finditer(p.read_text())})
+
+
+@pytest.mark.parametrize("name", _documented_studies())
+def test_a_documented_studys_summary_is_what_its_committed_runs_give(tmp_path, name):
     """The other half of the chain documents <- summary.json/compare.json <- runs: aggregating
-    the committed runs again gives the committed files (the bootstrap is seeded)."""
+    the committed runs again with the study's params (params.yaml for `default`, else
+    configs/<study>.yaml) gives the committed files (the bootstrap is seeded)."""
     from mtml.analysis.aggregate import aggregate
     from mtml.layout import Layout
     from mtml.params import load
 
-    s = load(ROOT / "params.yaml")
+    params = ROOT / ("params.yaml" if name == "default" else f"configs/{name}.yaml")
+    assert params.exists(), f"documented study {name!r} has no params file {params.relative_to(ROOT)}"
+    s = load(params)
+    assert s.name == name
     layout = Layout(tmp_path, s)
-    shutil.copytree(ROOT / "metrics/default/runs", layout.metrics / "runs")
+    shutil.copytree(ROOT / "metrics" / name / "runs", layout.metrics / "runs")
     aggregate(s, layout)
-    for name in ("summary.json", "compare.json"):
-        ours, committed = (json.loads(p.read_text()) for p in (layout.summary(name), ROOT / "metrics/default" / name))
-        assert ours == committed, f"metrics/default/{name} is not what its runs give: rerun the aggregate stage"
+    for file in ("summary.json", "compare.json"):
+        ours, committed = (json.loads(p.read_text()) for p in (layout.summary(file), ROOT / "metrics" / name / file))
+        assert ours == committed, f"metrics/{name}/{file} is not what its runs give: rerun the aggregate stage"
 
 
 def test_multitask_rows_get_one_table_per_task(tmp_path):
