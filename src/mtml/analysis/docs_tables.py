@@ -9,9 +9,10 @@ A marked block in a markdown file
 is rewritten from `metrics/<study>/summary.json` (table=summary: mean over seeds with the
 combined CI, between-seed sd, each seed's mean, NIL) or `metrics/<study>/compare.json`
 (table=compare: the paired differences with their CI and verdict; `versus=M` gives every
-method against M, pairs stored as M − X read as X − M). The other options keep the rows whose column equals the value. `docs-tables --check`
-and tests/test_docs_tables.py fail when a block differs from what the files give, so a
-documented number cannot drift from the committed results.
+method against M, pairs stored as M − X read as X − M). The other options keep the rows whose
+column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
+differs from what the files give, so a documented number cannot drift from the committed
+results.
 """
 
 from __future__ import annotations
