@@ -152,6 +152,17 @@ def cmd_dvc_yaml(args):
     print(f"wrote {path} for study {study.name!r}")
 
 
+def cmd_docs_tables(args):
+    from mtml.analysis.docs_tables import update
+
+    changed = update(".", check=args.check)
+    if args.check and changed:
+        raise UserError("result tables differ from the committed metrics in " + "; ".join(changed)
+                        + "; run `python -m mtml docs-tables` and commit the documents")
+    print(("checked" if args.check else "regenerated") + f" result tables; {len(changed)} block(s) "
+          + ("differ" if args.check else "changed") + (f": {', '.join(changed)}" if changed else ""))
+
+
 def cmd_schema(args):
     import yaml
 
@@ -212,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("dvc-yaml", parents=[common], help="write dvc.yaml for the params (after editing them)")
     p.set_defaults(func=cmd_dvc_yaml)
+    p = sub.add_parser("docs-tables", help="regenerate the result tables of README.md and docs/*.md "
+                       "from the committed metrics/<study>/ files (mtml.analysis.docs_tables)")
+    p.add_argument("--check", action="store_true", help="only compare; fail when a table differs")
+    p.set_defaults(func=cmd_docs_tables)
     p = sub.add_parser("schema", help="print the params JSON Schema, every declared option included")
     p.set_defaults(func=cmd_schema)
     return parser

@@ -1,0 +1,183 @@
+"""Result tables of README.md and docs/*.md, generated from the committed metrics of a study.
+
+A marked block in a markdown file
+
+    <!-- results:<study> table=summary [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
+    (generated: leave it to `python -m mtml docs-tables`)
+    <!-- /results -->
+
+is rewritten from `metrics/<study>/summary.json` (table=summary: mean over seeds with the
+combined CI, between-seed sd, each seed's mean, NIL) or `metrics/<study>/compare.json`
+(table=compare: the paired differences with their CI and verdict; `versus=M` gives every
+method against M, pairs stored as M − X read as X − M). The other options keep the rows whose
+column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
+differs from what the files give, so a documented number cannot drift from the committed
+results.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from mtml.analysis.compare import ALL_SEEDS
+from mtml.errors import UserError
+from mtml.utils import write_text
+
+# The documents that carry result blocks (relative to the repository root).
+DOCUMENTS = ("README.md", "docs/*.md")
+# Markers sit at the start of a line (a marker quoted in prose, e.g. in backticks, is not one).
+BLOCK = re.compile(r"^<!-- results:(?P<study>[\w.-]+)(?P<options>[^>\n]*?)\s*-->\n(?P<body>.*?)^<!-- /results -->",
+                   re.DOTALL | re.MULTILINE)
+OPENING = re.compile(r"^<!-- results:", re.MULTILINE)
+TABLES = ("summary", "compare")
+FILTERS = ("experiment", "split", "dataset", "task", "method", "versus")
+GROUP = ("experiment", "split", "dataset", "task")
+
+
+def _options(text: str, where: str) -> dict:
+    options = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise UserError(f"{where}: option {item!r} is not key=value (e.g. table=summary split=test)")
+        if key != "table" and key not in FILTERS:
+            raise UserError(f"{where}: unknown option {key!r}; use table=, {'=, '.join(FILTERS)}=")
+        options[key] = value
+    table = options.setdefault("table", "summary")
+    if table not in TABLES:
+        raise UserError(f"{where}: table={table} is not one of {', '.join(TABLES)}")
+    if table == "summary" and "versus" in options:
+        raise UserError(f"{where}: versus= only applies to table=compare")
+    return options
+
+
+def _rows(root: Path, study: str, table: str, where: str) -> list[dict]:
+    path = root / "metrics" / study / f"{table}.json"  # Layout.summary(): metrics/<study>/<file>
+    if not path.exists():
+        raise UserError(f"{where}: {path.relative_to(root)} is missing; run the study "
+                        f"(snakemake --cores 2 all --configfile configs/{study}.yaml) and commit its metrics")
+    try:
+        return list(json.loads(path.read_text()).values())
+    except (ValueError, AttributeError) as err:
+        raise UserError(f"{where}: {path.relative_to(root)} is not a keyed JSON table ({err}); "
+                        "rerun the aggregate stage of the study") from None
+
+
+def _flipped(row: dict) -> dict:
+    """versus − method: the same comparison read the other way round (same p, opposite verdict)."""
+    swap = {"better": "worse", "worse": "better"}
+    return {**row, "method": row["versus"], "versus": row["method"], "difference": -row["difference"],
+            "ci_low": -row["ci_high"], "ci_high": -row["ci_low"], "verdict": swap.get(row["verdict"], row["verdict"])}
+
+
+def _select(rows: list[dict], options: dict, where: str) -> list[dict]:
+    if "versus" in options:  # every method against one: the pairs stored the other way round too
+        rows = rows + [_flipped(r) for r in rows if r["method"] == options["versus"]]
+    keep = [r for r in rows if all(str(r.get(k, "")) == v for k, v in options.items() if k in FILTERS)]
+    if not keep:
+        wanted = " ".join(f"{k}={v}" for k, v in options.items() if k in FILTERS)
+        raise UserError(f"{where}: no rows match {wanted or 'the block'}; check the names against the study's files")
+    return keep
+
+
+def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r.get(c, "") for c in GROUP), []).append(r)
+    return out
+
+
+def _title(key: tuple, first: dict, seeds: int) -> str:
+    exp, split, dataset, task = key
+    task = f" [{task}]" if task else ""
+    setting = f", {first['ways']}-way {first['shots']}-shot" if "ways" in first else ""
+    return (f"**{exp} — {split} ({dataset}){task}**{setting}, {first['episodes']} episodes, "
+            f"{seeds} training seed{'s' if seeds != 1 else ''}")
+
+
+def _num(r: dict, key: str, fmt: str = ".2f") -> str:
+    v = r.get(key)
+    return "" if v is None else format(v, fmt)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One table per experiment/split/dataset[/task]: the aggregated row of each method (best
+    first) with its seeds' means, as summary.md shows them."""
+    aggregated = [r for r in rows if r["seed"] == ALL_SEEDS]
+    lines = []
+    for key, group in _groups(aggregated).items():
+        seeds = max(r["seeds"] for r in group)
+        lines += [_title(key, group[0], seeds), "",
+                  "| method | accuracy (%), mean [combined 95% CI] | between-seed sd | per seed | NIL accuracy (%) |",
+                  "|---|---|---|---|---|"]
+        for r in sorted(group, key=lambda r: -r["accuracy"]):
+            each = ", ".join(f"{s['accuracy']:.2f}" for s in rows if s["seed"] != ALL_SEEDS
+                             and all(s.get(c, "") == r.get(c, "") for c in (*GROUP, "method")))
+            lines.append(f"| {r['method']} | {r['accuracy']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
+                         f"{_num(r, 'seed_std')} | {each} | {_num(r, 'nil_accuracy')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def compare_table(rows: list[dict]) -> str:
+    """One table per experiment/split/dataset[/task]: method − versus on the same episodes and
+    seeds, its 95% CI, the Holm-adjusted combined p and the verdict (compare.md, shortened)."""
+    lines = []
+    for key, group in _groups(rows).items():
+        exp, split, dataset, task = key
+        seeds = max(r["seeds"] for r in group)
+        lines += [f"**{exp} — {split} ({dataset}){f' [{task}]' if task else ''}**, paired on "
+                  f"{group[0]['episodes']} episodes x {seeds} training seed{'s' if seeds != 1 else ''}", "",
+                  "| method | versus | difference [95% CI] | p (Holm) | verdict |", "|---|---|---|---|---|"]
+        for r in group:
+            p = r["p_combined_holm"]
+            lines.append(f"| {r['method']} | {r['versus']} | {r['difference']:+.2f} [{r['ci_low']:+.2f}, "
+                         f"{r['ci_high']:+.2f}] | {'<0.001' if p < 0.001 else f'{p:.3f}'} | {r['verdict']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render(root: Path, study: str, options: dict, where: str) -> str:
+    table = options["table"]
+    rows = _select(_rows(root, study, table, where), options, where)
+    # a blank line before the closing marker, so no renderer takes it for part of the table
+    return (summary_table(rows) if table == "summary" else compare_table(rows)) + "\n"
+
+
+def regenerate(text: str, root: Path, name: str) -> tuple[str, list[str]]:
+    """`text` with every results block regenerated, and the blocks that changed ("file:line study")."""
+    changed = []
+
+    def block(m: re.Match) -> str:
+        line = text.count("\n", 0, m.start()) + 1
+        where = f"{name}:{line} (results:{m['study']})"
+        body = render(root, m["study"], _options(m["options"], where), where)
+        if body != m["body"]:
+            changed.append(where)
+        return m.group(0)[: m.start("body") - m.start()] + body + "<!-- /results -->"
+
+    return BLOCK.sub(block, text), changed
+
+
+def documents(root: Path) -> list[Path]:
+    return sorted({p for pattern in DOCUMENTS for p in root.glob(pattern)})
+
+
+def update(root: Path = Path("."), check: bool = False) -> list[str]:
+    """Rewrite (or with `check`, only compare) every results block of the documents; returns
+    the blocks that differ. A marker without its `<!-- /results -->` is an error."""
+    root = Path(root)
+    changed = []
+    for path in documents(root):
+        text = path.read_text()
+        name = str(path.relative_to(root))
+        if len(OPENING.findall(text)) != len(BLOCK.findall(text)):
+            raise UserError(f"{name}: a '<!-- results:<study> ... -->' marker lacks its closing "
+                            "'<!-- /results -->' line (or the two are not on lines of their own)")
+        new, diff = regenerate(text, root, name)
+        changed += diff
+        if diff and not check:
+            write_text(path, new)
+    return changed

@@ -1,0 +1,126 @@
+"""Result tables in README.md and docs/*.md are generated from the committed metrics/<study>/
+files (mtml.analysis.docs_tables): the documents in the repository match them (drift test), an
+edited number is found and rewritten, and a bad block stops with one line naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from mtml.analysis.docs_tables import BLOCK, documents, update
+from mtml.cli import main
+from mtml.errors import UserError
+
+from pipeline_helpers import ROOT
+
+
+def test_documented_result_tables_match_the_committed_metrics():
+    blocks = {m["study"] for p in documents(ROOT) for m in BLOCK.finditer(p.read_text())}
+    assert "default" in blocks  # the README's default results are a generated block
+    for study in blocks:
+        assert (ROOT / "metrics" / study / "summary.json").exists(), f"study {study} has no committed metrics"
+    assert update(ROOT, check=True) == [], "run `python -m mtml docs-tables` and commit the documents"
+
+
+def _project(tmp_path, body: str):
+    shutil.copytree(ROOT / "metrics/default", tmp_path / "metrics/s", ignore=shutil.ignore_patterns("runs", "plots"))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text(f"# t\n\nbefore\n{body}after\n")
+    return tmp_path
+
+
+def test_an_edited_number_is_reported_then_rewritten(tmp_path):
+    root = _project(tmp_path, "<!-- results:s table=summary split=test -->\n<!-- /results -->\n")
+    assert update(root, check=True) == ["README.md:4 (results:s)"]
+    assert update(root) == ["README.md:4 (results:s)"]
+    text = (root / "README.md").read_text()
+    assert text.startswith("# t\n\nbefore\n<!-- results:s table=summary split=test -->\n**glyphs-5w1s — test (glyphs)**")
+    assert text.endswith("<!-- /results -->\nafter\n") and "cross-domain" not in text
+    assert update(root, check=True) == []
+    rows = json.loads((root / "metrics/s/summary.json").read_text())
+    protonet = rows["glyphs-5w1s/protonet/test/glyphs"]
+    line = f"| protonet | {protonet['accuracy']:.2f} [{protonet['ci_low']:.2f}, {protonet['ci_high']:.2f}] |"
+    assert line in text
+    (root / "README.md").write_text(text.replace(line, line.replace(f"{protonet['accuracy']:.2f}", "99.99")))
+    assert update(root, check=True) == ["README.md:4 (results:s)"]
+    # the same numbers after a rerun of the aggregate: summary.json changes, the table follows
+    protonet["accuracy"] = 12.0
+    protonet["ci_low"], protonet["ci_high"] = 11.0, 13.0
+    (root / "metrics/s/summary.json").write_text(json.dumps(rows))
+    update(root)
+    assert "| protonet | 12.00 [11.00, 13.00] |" in (root / "README.md").read_text()
+
+
+def test_versus_reads_every_pair_against_one_method(tmp_path):
+    root = _project(tmp_path, "<!-- results:s table=compare split=test versus=protonet -->\n<!-- /results -->\n")
+    update(root)
+    text = (root / "README.md").read_text()
+    pair = json.loads((root / "metrics/s/compare.json").read_text())["glyphs-5w1s/test/glyphs/protonet-vs-maml"]
+    flipped = {"better": "worse", "worse": "better"}.get(pair["verdict"], pair["verdict"])
+    assert (f"| maml | protonet | {-pair['difference']:+.2f} [{-pair['ci_high']:+.2f}, {-pair['ci_low']:+.2f}] |"
+            in text) and text.count("| protonet |") == 3 and f"| {flipped} |" in text
+
+
+def test_the_check_command_fails_naming_the_block(tmp_path, monkeypatch, capsys):
+    root = _project(tmp_path, "<!-- results:s table=compare -->\n| stale |\n<!-- /results -->\n")
+    monkeypatch.chdir(root)
+    assert main(["docs-tables", "--check"]) == 2
+    assert "README.md:4 (results:s)" in capsys.readouterr().err
+    assert main(["docs-tables"]) == 0 and main(["docs-tables", "--check"]) == 0
+
+
+@pytest.mark.parametrize("block, message", [
+    ("<!-- results:nostudy -->\n<!-- /results -->\n", "metrics/nostudy/summary.json is missing"),
+    ("<!-- results:s colour=red -->\n<!-- /results -->\n", "unknown option 'colour'"),
+    ("<!-- results:s table=plot -->\n<!-- /results -->\n", "table=plot is not one of summary, compare"),
+    ("<!-- results:s split=train -->\n<!-- /results -->\n", "no rows match split=train"),
+    ("<!-- results:s versus=maml -->\n<!-- /results -->\n", "versus= only applies to table=compare"),
+    ("<!-- results:s -->\nno closing marker\n", "lacks its closing"),
+])
+def test_a_bad_block_stops_with_one_line(tmp_path, block, message):
+    root = _project(tmp_path, block)
+    with pytest.raises(UserError, match=message) as err:
+        update(root, check=True)
+    assert "\n" not in str(err.value)
+    assert "lacks" in message or "README.md:4 (results:" in str(err.value)
+
+
+def _documented_studies() -> list[str]:
+    return sorted({m["study"] for p in documents(ROOT) for m in BLOCK.finditer(p.read_text())})
+
+
+@pytest.mark.parametrize("name", _documented_studies())
+def test_a_documented_studys_summary_is_what_its_committed_runs_give(tmp_path, name):
+    """The other half of the chain documents <- summary.json/compare.json <- runs: aggregating
+    the committed runs again with the study's params (params.yaml for `default`, else
+    configs/<study>.yaml) gives the committed files (the bootstrap is seeded)."""
+    from mtml.analysis.aggregate import aggregate
+    from mtml.layout import Layout
+    from mtml.params import load
+
+    params = ROOT / ("params.yaml" if name == "default" else f"configs/{name}.yaml")
+    assert params.exists(), f"documented study {name!r} has no params file {params.relative_to(ROOT)}"
+    s = load(params)
+    assert s.name == name
+    layout = Layout(tmp_path, s)
+    shutil.copytree(ROOT / "metrics" / name / "runs", layout.metrics / "runs")
+    aggregate(s, layout)
+    for file in ("summary.json", "compare.json"):
+        ours, committed = (json.loads(p.read_text()) for p in (layout.summary(file), ROOT / "metrics" / name / file))
+        assert ours == committed, f"metrics/{name}/{file} is not what its runs give: rerun the aggregate stage"
+
+
+def test_multitask_rows_get_one_table_per_task(tmp_path):
+    """compare.json of a multi-task study has a `task` column: one table per task, titled with it."""
+    row = {"experiment": "scenes-mt", "split": "test", "dataset": "scenes", "versus": "anil", "seeds": 2,
+           "episodes": 25, "ci_low": 1.0, "ci_high": 5.0, "p_combined_holm": 0.02, "verdict": "better"}
+    rows = {f"{t}/am": {**row, "task": t, "method": "am", "difference": d} for t, d in (("depth", 3.0), ("normals", 2.5))}
+    (tmp_path / "metrics/mt").mkdir(parents=True)
+    (tmp_path / "metrics/mt/compare.json").write_text(json.dumps(rows))
+    (tmp_path / "README.md").write_text("<!-- results:mt table=compare task=normals -->\n<!-- /results -->\n")
+    update(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "**scenes-mt — test (scenes) [normals]**, paired on 25 episodes x 2 training seeds" in text
+    assert "| am | anil | +2.50 [+1.00, +5.00] | 0.020 | better |" in text and "depth" not in text
