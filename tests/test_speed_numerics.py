@@ -11,7 +11,7 @@ import torch
 
 from mtml.benchmark import random_episode
 from mtml.methods import build
-from mtml.speed import describe, numerics
+from mtml.speed import describe, numerics, prepare
 
 SHAPE, WAYS = (1, 16, 16), 3
 DEVICE = torch.device(os.environ.get("MTML_TEST_DEVICE", "cpu"))
@@ -24,7 +24,7 @@ CASES = {
 
 def _meta_gradient(name, training, task_parallel="loop"):
     torch.manual_seed(1)
-    learner = build(name, dict(CASES[name]), SHAPE, WAYS).to(DEVICE)
+    learner = prepare(build(name, dict(CASES[name]), SHAPE, WAYS).to(DEVICE), training)
     learner.task_parallel = task_parallel
     torch.manual_seed(0)
     batch = [random_episode(WAYS, 2, 3, SHAPE, DEVICE) for _ in range(4)]
@@ -91,9 +91,34 @@ def test_bf16_autocast_predictions_agree():
     assert (ref == low).float().mean() >= 0.9
 
 
+@pytest.mark.parametrize("name", ["maml", "anil", "protonet"])
+@pytest.mark.parametrize("task_parallel", ["loop", "vmap"])
+def test_channels_last_meta_gradient_equals_contiguous(name, task_parallel):
+    ref_loss, ref = _meta_gradient(name, {}, task_parallel)
+    loss, grad = _meta_gradient(name, {"channels_last": True}, task_parallel)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_reaches_the_convolutions():
+    from mtml.models.conv4 import Conv4
+
+    learner = prepare(build("maml", dict(CASES["maml"]), SHAPE, WAYS), {"channels_last": True})
+    nets = [m for m in learner.modules() if isinstance(m, Conv4)]
+    assert nets and all(m.memory_format is torch.channels_last for m in nets)
+    weight = nets[0].blocks[1].conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    seen = []
+    handle = nets[0].blocks[0].conv.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    learner.predict(random_episode(WAYS, 2, 3, SHAPE))
+    handle.remove()
+    assert seen and all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
+
+
 def test_describe_names_the_mode():
     assert describe({}) == "reference (float32)"
     assert describe({"tf32": True, "amp": "bf16"}) == "TF32, autocast bf16"
+    assert describe({"channels_last": True}) == "channels_last"
 
 
 @pytest.mark.parametrize("name", ["maml", "anil", "protonet"])

@@ -186,7 +186,8 @@ def write_benchmark(result: dict, path) -> None:
 
 
 # `--numerics` names: the `training` settings each stands for (mtml.speed)
-NUMERICS = {"reference": {}, "tf32": {"tf32": True}, "bf16": {"amp": "bf16"}, "tf32+bf16": {"tf32": True, "amp": "bf16"}}
+NUMERICS = {"reference": {}, "tf32": {"tf32": True}, "bf16": {"amp": "bf16"}, "tf32+bf16": {"tf32": True, "amp": "bf16"},
+            "channels_last": {"channels_last": True}}
 
 
 def _with_numerics(fn, name: str, device):
@@ -214,6 +215,7 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
     from mtml.evaluation.evaluate import evaluate_manifest
     from mtml.methods.base import LearnerContext
     from mtml.methods.parallel import family
+    from mtml.speed import prepare
 
     device, exp, shape, size, train_batches = random_training(study, experiment, iterations, image_size, meta_batch)
     ways, shots, queries = exp.ways, exp.shots, exp.queries
@@ -230,8 +232,10 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
         if learner.trainable:
             variants = {}
             modes = [("loop", "reference"), ("vmap", "reference")] + [("vmap", n) for n in extra]
+            if "channels_last" in extra:  # a layout the loop may like better than vmap (CPU)
+                modes.append(("loop", "channels_last"))
             for mode, num in modes:
-                twin = copy.deepcopy(learner).train()
+                twin = prepare(copy.deepcopy(learner).train(), NUMERICS[num])
                 twin.task_parallel = mode
                 opt = twin.make_optimizer(1e-3)
                 name = mode if num == "reference" else f"{mode}+{num}"
@@ -248,8 +252,12 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
         variants = {str(n): _with_numerics(lambda n=n, m=learner: evaluate_manifest(m, bank, manifest, "bench", n),
                                            "reference", device) for n in eval_batches}
         for num in extra:
+            twin = prepare(copy.deepcopy(learner), NUMERICS[num])
             variants[f"{largest}+{num}"] = _with_numerics(
-                lambda m=learner: evaluate_manifest(m, bank, manifest, "bench", largest), num, device)
+                lambda m=twin: evaluate_manifest(m, bank, manifest, "bench", largest), num, device)
+            if num == "channels_last":
+                variants[f"1+{num}"] = _with_numerics(
+                    lambda m=twin: evaluate_manifest(m, bank, manifest, "bench", 1), num, device)
         with quiet, contextlib.redirect_stderr(io.StringIO()):
             med = interleaved(variants, repeats, device)
         loop = med[str(eval_batches[0])]

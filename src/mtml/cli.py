@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--iterations and --episodes are per timed call")
     p.add_argument("--eval-batches", default="1,4,8", help="with --compare: episode_batch values, 1 first (default 1,4,8)")
     p.add_argument("--numerics", default="reference",
-                   help="with --compare: comma-separated numerics (reference, tf32, bf16, tf32+bf16); each beyond "
+                   help="with --compare: comma-separated numerics (reference, tf32, bf16, tf32+bf16, channels_last); each beyond "
                         "reference adds vmap training and the largest episode batch with it (mtml.speed)")
     p.add_argument("--repeats", type=int, default=5, help="with --compare/--against: interleaved repeats (median reported)")
     p.add_argument("--image-size", type=int, default=None, help="with --compare/--against: square image side (default: the experiment's)")

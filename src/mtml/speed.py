@@ -1,4 +1,5 @@
-"""Numerics options of a run: `training.tf32` and `training.amp`, for training and evaluation.
+"""Numerics and layout options of a run: `training.tf32`, `training.amp` and
+`training.channels_last`, for training and evaluation.
 
 The reference mode (neither key, or `tf32: false, amp: false`) computes in float32 everywhere.
 On CUDA that means switching TF32 convolutions OFF: PyTorch enables them for cuDNN by default,
@@ -9,7 +10,11 @@ under `torch.autocast` in bfloat16; parameters, optimiser state and gradients st
 and bfloat16 has float32's exponent range, so no loss scaling is needed (tests check the
 meta-gradients stay finite and near the float32 ones).
 
-Neither key has a schema default: runs made before they existed keep their fingerprints.
+`channels_last: true` stores Conv-4's weights and activations channels-last (NHWC), which
+oneDNN on CPUs and cuDNN on GPUs may run faster; same arithmetic up to the kernels' summation
+order (a test compares meta-gradients with the contiguous layout).
+
+No key has a schema default: runs made before they existed keep their fingerprints.
 """
 
 from __future__ import annotations
@@ -45,7 +50,20 @@ def numerics(training: dict, device: torch.device | str):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def prepare(learner: torch.nn.Module, training: dict) -> torch.nn.Module:
+    """Put the learner's Conv-4 networks in the run's memory format (`training.channels_last`)."""
+    from mtml.models.conv4 import Conv4
+
+    if training.get("channels_last"):
+        for module in learner.modules():
+            if isinstance(module, Conv4):
+                module.memory_format = torch.channels_last
+                module.to(memory_format=torch.channels_last)
+    return learner
+
+
 def describe(training: dict) -> str:
     tf32, amp = settings(training)
-    return "reference (float32)" if not tf32 and amp == "off" else \
-        ", ".join(p for p in (("TF32" if tf32 else ""), (f"autocast {amp}" if amp != "off" else "")) if p)
+    parts = [p for p in ("TF32" if tf32 else "", f"autocast {amp}" if amp != "off" else "",
+                         "channels_last" if training.get("channels_last") else "") if p]
+    return ", ".join(parts) or "reference (float32)"

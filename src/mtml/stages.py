@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mtml import speed
 from mtml.kinds import ManifestSpec
 from mtml.layout import Layout
 from mtml.methods.base import MetaLearner, build_learner
-from mtml.speed import numerics
 from mtml.study import Experiment, Run, Study
 from mtml.utils import atomic_path, derive_seed, write_json
 
@@ -83,7 +83,7 @@ def input_hashes(exp: Experiment, layout: Layout) -> dict:
 def init_learner(run: Run, ctx, device) -> MetaLearner:
     """The method at its seeded initialisation (the one training starts from)."""
     torch.manual_seed(derive_seed(run.seed, run.experiment.name, run.method, "init"))
-    return build_learner(run, ctx).to(device)
+    return speed.prepare(build_learner(run, ctx).to(device), run.training)
 
 
 def training_stream(run: Run, banks: dict):
@@ -101,7 +101,7 @@ def train(run: Run, layout: Layout, device) -> dict:
     ctx = exp.kind.context(exp, banks)
     learner = init_learner(run, ctx, device)
     info = {"method": run.method, "experiment": exp.name, "seed": run.seed, **ctx.info()}
-    with numerics(run.training, device):
+    with speed.numerics(run.training, device):
         return fit(learner, training_stream(run, banks), lambda m: exp.kind.validate(exp, m, banks, val),
                    run.training, run.fingerprint(input_hashes(exp, layout)),
                    layout.model_dir(exp.name, run.method, run.seed), layout.run_dir(exp.name, run.method, run.seed),
@@ -118,7 +118,7 @@ def load_learner(run: Run, layout: Layout, device, path: Path | None = None) -> 
     saved = load_model(path, device)
     tasks = run.experiment.settings.tasks if saved.get("tasks") else ()
     ctx = LearnerContext(tuple(saved["image_shape"]), saved["ways"], tuple(saved.get("modes") or ()), tuple(tasks))
-    learner = build_learner(run, ctx).to(device)
+    learner = speed.prepare(build_learner(run, ctx).to(device), run.training)
     return load_weights(learner, saved, path).eval()
 
 
@@ -134,7 +134,7 @@ def evaluate(run: Run, layout: Layout, device) -> list[dict]:
             banks.update(load_banks(exp, layout, [spec.dataset], device))
         where = " ".join(f"{k} {v}" for k, v in spec.keys.items())
         label = f"eval {run.label} {spec.role}:{spec.dataset}" + (f" {where}" if where else "")
-        with numerics(run.training, device):
+        with speed.numerics(run.training, device):
             frame = exp.kind.score(exp, learner, banks[spec.dataset], spec, manifest, label)
         frame.insert(0, "split", spec.role)
         frame.insert(1, "dataset", spec.dataset)

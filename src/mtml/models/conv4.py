@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch._C._functorch import is_batchedtensor
 
 
 _SPLIT_AFFINE = contextvars.ContextVar("split_affine_batch_norm", default=False)
@@ -55,6 +56,10 @@ class ConvBlock(nn.Module):
 
 
 class Conv4(nn.Module):
+    # torch.channels_last under `training.channels_last` (mtml.speed): inputs are converted
+    # here, so the data path needs no change; inside vmap the batched path keeps its layout
+    memory_format = torch.contiguous_format
+
     def __init__(self, in_channels: int = 1, filters: int = 32, blocks: int = 4):
         super().__init__()
         chans = [in_channels] + [filters] * blocks
@@ -62,6 +67,8 @@ class Conv4(nn.Module):
         self.filters = filters
 
     def forward(self, x: Tensor, block_hook: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        if self.memory_format is torch.channels_last and x.dim() == 4 and not is_batchedtensor(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         for i, block in enumerate(self.blocks):
             x = block(x)
             if block_hook is not None:
