@@ -6,12 +6,22 @@ Manifests: `val.parquet`, `test.parquet` (the dataset's val and test classes) an
 
 from __future__ import annotations
 
+from mtml.errors import UserError
 from mtml.kinds import Kind, ManifestSpec
 from mtml.utils import derive_seed
 
 
 class FewShot(Kind):
     name = "fewshot"
+    fewshot_protocol = True
+
+    def check_run(self, run):
+        super().check_run(run)
+        exp = run.experiment
+        if exp.train_ways != exp.ways and not run.cls.any_ways:
+            raise UserError(f"params key 'experiments.{exp.name}.train_ways' is {exp.train_ways} but ways is "
+                            f"{exp.ways}, and method {run.method!r} ({run.cls.algorithm}) has a {exp.ways}-way "
+                            f"head; remove train_ways, or use a method without a head (protonet, matchingnet)")
 
     def manifests(self, study, exp) -> list[ManifestSpec]:
         n_val, n_test = exp.training["val_episodes"], exp.evaluation["episodes"]
@@ -37,7 +47,9 @@ class FewShot(Kind):
     def stream(self, exp, banks, seed):
         from mtml.episodes.sampler import EpisodeStream
 
-        return EpisodeStream(banks[exp.dataset], "train", exp.ways, exp.shots, exp.queries, seed)
+        # Training episodes use the train_* sizes (default: the test ones).
+        return EpisodeStream(banks[exp.dataset], "train", exp.train_ways, exp.train_shots, exp.train_queries,
+                             seed)
 
     def validate(self, exp, learner, banks, val):
         from mtml.training.trainer import episodes_accuracy
@@ -48,7 +60,8 @@ class FewShot(Kind):
     def score(self, exp, learner, bank, spec, manifest, label):
         from mtml.evaluation.evaluate import evaluate_manifest
 
-        return evaluate_manifest(learner, bank, manifest, label, exp.evaluation.get("episode_batch", "auto"))
+        return evaluate_manifest(learner, bank, manifest, label, exp.evaluation.get("episode_batch", "auto"),
+                                 exp.evaluation.get("nil", "means"))
 
     def summarise(self, run, learner, scored):
         from mtml.evaluation.evaluate import summary_row
