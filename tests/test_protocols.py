@@ -17,7 +17,8 @@ from mtml.evaluation.stats import nil_logits
 from mtml.methods import build
 from mtml.methods.base import Episode
 from mtml.methods.matching import AttentionLSTM, SupportContext, cosine_attention
-from tests.pipeline_helpers import TINY, tiny_params
+
+from pipeline_helpers import TINY, tiny_params
 
 
 def _dataset(classes=30, per_class=8, size=16) -> PreparedDataset:

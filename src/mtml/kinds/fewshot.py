@@ -29,15 +29,36 @@ class FewShot(Kind):
                 ("test.parquet", exp.dataset, "test", "test", n_test)]
         plan += [(f"cross-{ds}.parquet", ds, "test", "cross-domain", n_test) for ds in exp.cross_domain]
         # Seeds depend on the episode settings, not on the method: all methods share them.
-        return [ManifestSpec(f, ds, split, role, n,
-                             derive_seed(study.seed, exp.name, f, exp.ways, exp.shots, exp.queries))
-                for f, ds, split, role, n in plan]
+        specs = [ManifestSpec(f, ds, split, role, n,
+                              derive_seed(study.seed, exp.name, f, exp.ways, exp.shots, exp.queries))
+                 for f, ds, split, role, n in plan]
+        if exp.config.get("test_episodes"):  # an external episode list replaces the sampled one
+            from mtml.episodes.external import count_episodes
+
+            n = count_episodes(exp.config["test_episodes"], f"experiments.{exp.name}.test_episodes")
+            specs[1] = ManifestSpec("test.parquet", exp.dataset, "test", "test", n, 0)
+        return specs
 
     def build_manifest(self, exp, spec, data):
         from mtml.episodes.manifest import build_manifest
 
+        if spec.role == "test" and exp.config.get("test_episodes"):
+            from mtml.episodes.external import external_manifest
+
+            return external_manifest(exp.config["test_episodes"], data, spec.split, exp.ways, exp.shots,
+                                     exp.queries, f"experiments.{exp.name}.test_episodes")
         return build_manifest(data, spec.split, exp.ways, exp.shots, exp.queries, spec.episodes, spec.seed,
                               exp.name)
+
+    def sources(self, exp) -> dict:
+        out = super().sources(exp)
+        if exp.config.get("test_episodes"):
+            # the file's md5 joins the runs' input hashes: a changed file redoes them
+            from mtml.episodes.external import file_fingerprint
+
+            out["test_episodes"] = {"path": str(exp.config["test_episodes"]),
+                                    "md5": file_fingerprint(exp.config["test_episodes"])}
+        return out
 
     def context(self, exp, banks):
         from mtml.methods.base import LearnerContext
