@@ -235,3 +235,34 @@ def test_matchingnet_trains_on_a_separable_toy_task(one_thread):
         acc = np.mean([(net.predict(ep).argmax(-1) == ep.query_y).float().mean().item()
                        for ep in [episode() for _ in range(20)]])
     assert acc > 0.8
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+def test_pipeline_with_train_ways_running_bn_matchingnet_and_external_episodes(tmp_path, one_thread):
+    """prepare -> episodes -> train -> evaluate with ProtoNet (running BatchNorm) and Matching
+    Networks trained 7-way, tested 5-way on an external episode list (by index)."""
+    from mtml import stages
+    from mtml.data.storage import load_prepared
+    from mtml.layout import Layout
+
+    from pipeline_helpers import run_pipeline
+
+    methods = {"protonet": {"filters": 4, "batch_norm": "running"}, "matchingnet": {"filters": 4, "fce": True}}
+    small = {"training": {**TINY["training"], "iterations": 4, "val_interval": 2, "val_episodes": 3},
+             "evaluation": {"episodes": 4, "nil": "samples"}}
+    plain = tiny_params(methods=methods, **small)
+    layout = Layout(tmp_path, plain)
+    data = load_prepared(stages.prepare(plain, layout, "glyphs"))
+    test = data.classes[data.classes["split"] == "test"]
+    rows = [{"episode": e, "role": role, "class": name, "index": str(i)}
+            for e in range(3) for name in test["name"].iloc[e:e + 5]
+            for role, i in (("support", 0), ("query", 1), ("query", 2), ("query", 3), ("query", 4), ("query", 5))]
+    pd.DataFrame(rows).to_csv(tmp_path / "external.csv", index=False)
+    study = tiny_params(methods=methods, experiments=_experiments(train_ways=7, test_episodes=str(tmp_path / "external.csv")),
+                        **small)
+    results = run_pipeline(study, tmp_path)
+    for meth in methods:
+        by_split = {r["split"]: r for r in results[("tiny", meth)]}
+        assert by_split["test"]["episodes"] == 3 and by_split["cross-domain"]["episodes"] == 4
+        assert by_split["test"]["ways"] == 5
