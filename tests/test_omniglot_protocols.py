@@ -243,3 +243,39 @@ def test_an_experiment_evaluates_on_the_external_episodes(tmp_path, zips):
     with pytest.raises(UserError, match=r"'experiments\.tiny\.test_episodes' is for experiments of kind fewshot"):
         tiny_params(experiments=bad, methods={"protonet": {"filters": 4}})
     assert SPLITS == ("train", "val", "test")
+
+
+# -- the presets end to end on fixture data ---------------------------------------------------
+
+FRACTIONS = {"omniglot_maml": {"train": 0.6777, "val": 0.0616}, "omniglot_protonet": {"train": 0.6777, "val": 0.0616},
+             "omniglot_ta": {"train": 0.6038, "val": 0.1356}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(FRACTIONS))
+def test_presets_run_end_to_end_on_synthetic_archives(tmp_path, preset, one_thread):
+    """Each Omniglot preset, shrunk (2 iterations, 4 filters, 2 test episodes) but with its
+    episode sizes, meta-batches and inner loops, through prepare -> episodes -> train ->
+    evaluate on synthetic archives of 91 characters x 20 drawers, split by the fractions its
+    comments give for small archives."""
+    from mtml.params import read
+    from mtml.params import study as make_study
+
+    from pipeline_helpers import run_pipeline
+
+    make_zip(tmp_path / "zips" / "images_background.zip", {f"Bg{a}": 13 for a in range(4)}, drawers=20, seed=1)
+    make_zip(tmp_path / "zips" / "images_evaluation.zip", {f"Ev{a}": 13 for a in range(3)}, drawers=20, seed=2)
+    params = read([ROOT / "configs" / f"{preset}.yaml"])
+    params["datasets"]["omniglot"]["options"].update(local=str(tmp_path / "zips"), character_split=FRACTIONS[preset])
+    for hp in params["methods"].values():
+        hp["filters"] = 4
+    params["training"].update(iterations=2, val_interval=2, val_episodes=2)
+    params["evaluation"]["episodes"] = 2
+    params["device"] = "cpu"
+    study = make_study(params, [f"{preset}.yaml"])
+    results = run_pipeline(study, tmp_path / "run")
+    assert set(results) == {(e, m) for e in study.experiments for m in study.methods}
+    for (e, _), rows in results.items():
+        (row,) = rows
+        exp = study.experiment(e)
+        assert (row["split"], row["ways"], row["shots"], row["episodes"]) == ("test", exp.ways, exp.shots, 2)

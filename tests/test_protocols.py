@@ -239,6 +239,7 @@ def test_matchingnet_trains_on_a_separable_toy_task(one_thread):
 
 # -- end to end ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pipeline_with_train_ways_running_bn_matchingnet_and_external_episodes(tmp_path, one_thread):
     """prepare -> episodes -> train -> evaluate with ProtoNet (running BatchNorm) and Matching
     Networks trained 7-way, tested 5-way on an external episode list (by index)."""
