@@ -238,6 +238,12 @@ def test_an_experiment_evaluates_on_the_external_episodes(tmp_path, zips):
     m = exp.kind.build_manifest(exp, specs["test"], ds)
     assert m["episode"].nunique() == 3 and set(m["class_id"]) <= set(ds.split_classes("test"))
     assert exp.kind.sources(exp)["test_episodes"]["md5"]
+    # the episodes folder is keyed by the file's content: an edited list gets new manifests
+    from mtml.layout import Layout
+
+    key = Layout(tmp_path, study).episodes_key("tiny")
+    path.write_text(path.read_text() + "\n")  # same episodes, other bytes
+    assert Layout(tmp_path, tiny_params(experiments=exps, methods={"protonet": {"filters": 4}})).episodes_key("tiny") != key
     bad = copy.deepcopy(exps)
     bad["tiny"].update(kind="multimodal", cross_domain=[])
     with pytest.raises(UserError, match=r"'experiments\.tiny\.test_episodes' is for experiments of kind fewshot"):

@@ -86,6 +86,11 @@ class Experiment:
     def episode_inputs(self) -> dict:
         """What the fixed manifests are built from (not the methods or optimiser settings)."""
         cfg = {k: v for k, v in self.config.items() if k not in ("methods", "training")}
+        if cfg.get("test_episodes"):  # an edited external episode list gives new manifests
+            from mtml.utils import file_md5
+
+            path = Path(cfg["test_episodes"])
+            cfg["test_episodes_md5"] = file_md5(path) if path.is_file() else None
         return {**cfg, "val_episodes": self.training["val_episodes"],
                 "test_episodes": self.evaluation["episodes"]}
 
