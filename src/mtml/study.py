@@ -21,6 +21,8 @@ from typing import Any
 from mtml.errors import UserError
 
 DEFAULT_STUDY = "default"
+# experiment keys only kinds with `fewshot_protocol` read (docs/protocols.md)
+FEWSHOT_ONLY = ("train_ways", "train_shots", "train_queries", "test_episodes")
 
 
 def study_name(params: dict, files) -> str:
@@ -61,6 +63,20 @@ class Experiment:
     def queries(self) -> int:
         return self.config["queries"]
 
+    # Training episodes may differ from the test episodes (Snell et al. train ProtoNet with
+    # more ways); absent keys mean the test values, so older params keep their fingerprints.
+    @property
+    def train_ways(self) -> int:
+        return self.config.get("train_ways") or self.ways
+
+    @property
+    def train_shots(self) -> int:
+        return self.config.get("train_shots") or self.shots
+
+    @property
+    def train_queries(self) -> int:
+        return self.config.get("train_queries") or self.queries
+
     @property
     def datasets(self) -> list[str]:
         """Every dataset the experiment reads: its dataset, its modes, its cross-domain sets."""
@@ -70,6 +86,11 @@ class Experiment:
     def episode_inputs(self) -> dict:
         """What the fixed manifests are built from (not the methods or optimiser settings)."""
         cfg = {k: v for k, v in self.config.items() if k not in ("methods", "training")}
+        if cfg.get("test_episodes"):  # an edited external episode list gives new manifests
+            from mtml.utils import file_md5
+
+            path = Path(cfg["test_episodes"])
+            cfg["test_episodes_md5"] = file_md5(path) if path.is_file() else None
         return {**cfg, "val_episodes": self.training["val_episodes"],
                 "test_episodes": self.evaluation["episodes"]}
 
@@ -183,6 +204,10 @@ class Study:
             training = {**self.params["training"], **cfg.get("training", {})}
             partial = Experiment(name, cfg, training, self.params["evaluation"], kind, None)
             settings = kind.configure(self, partial)
+            for key in FEWSHOT_ONLY:
+                if key in cfg and not kind.fewshot_protocol:
+                    raise UserError(f"params key 'experiments.{name}.{key}' is for experiments of kind "
+                                    f"fewshot; experiment {name!r} is of kind {cfg['kind']}: remove it")
             self._experiments[name] = Experiment(name, cfg, training, self.params["evaluation"], kind, settings)
         return self._experiments[name]
 

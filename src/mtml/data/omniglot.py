@@ -33,9 +33,20 @@ Options (`datasets.<name>.options`, defaults in DEFAULTS):
   leaving 25 alphabets / 883 characters to train on and the 20 evaluation alphabets / 659
   characters to test on.
 
-`seed` is unused: the split is fixed by alphabet lists, so it does not depend on it.
+- `character_split`: a class-level split ignoring alphabets, as MAML, ProtoNet and Matching
+  Networks use Omniglot: {train: N, val: M} characters drawn from all archives' characters in
+  a shuffle seeded by the data `seed`, the rest test. N and M are counts (1200 train of 1623
+  in Vinyals et al.) or fractions in (0, 1) of the characters present; counts the archives
+  cannot hold are an error naming this key (images_background_small1.zip has 136
+  characters). Rotations of a character stay in its split; a class's group is then its
+  character (`<alphabet>/<character>`), the unit of the split. Not with `split` or
+  `val_alphabets`.
+
+`seed` only draws the `character_split`; the alphabet splits are fixed by their lists.
 Class ids run in order (split: train, val, test; alphabet; character; rotation), images of a
-class in file-name order, so the prepared arrays are deterministic.
+class in file-name order, so the prepared arrays are deterministic. Each image's file name
+(`<alphabet>/<character>/<file>.png`) is kept as the per-image extra `files`, so external
+episode lists can name items by file (mtml.episodes.external).
 """
 
 from __future__ import annotations
@@ -89,6 +100,8 @@ OPTIONS = {
     "split": Option(dict, None, "{train: [alphabets], val: [...], test: [...]}; null: the default split"),
     "val_alphabets": Option(list, None, "default split: the background alphabets used for validation",
                             items=str),
+    "character_split": Option(dict, None, "{train: N, val: M}: a split by character ignoring alphabets "
+                              "(counts, or fractions in (0, 1)), seeded by the data seed; the rest test"),
 }
 DEFAULTS = defaults(OPTIONS)
 ROTATIONS = (0, 90, 180, 270)
@@ -152,6 +165,19 @@ def _check(name: str, options: dict) -> dict:
     if val is not None and (not isinstance(val, list) or not all(isinstance(a, str) for a in val)):
         raise UserError(f"params key '{_key(name, 'val_alphabets')}' must be a list of alphabet names; "
                         f"got {val!r}")
+    cs = opts["character_split"]
+    if cs is not None:
+        what = (f"params key '{_key(name, 'character_split')}' must be {{train: N, val: M}} with counts "
+                f"(integers >= 0) or fractions in (0, 1) of the characters; got {cs!r}")
+        if not isinstance(cs, dict) or set(cs) - {"train", "val"} or "train" not in cs:
+            raise UserError(what)
+        for v in cs.values():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or (isinstance(v, float) and v >= 1):
+                raise UserError(what)
+        for k in ("split", "val_alphabets"):
+            if opts[k] is not None:
+                raise UserError(f"params key '{_key(name, 'character_split')}' splits by character; remove "
+                                f"'{_key(name, k)}', which splits by alphabet")
     local = opts["local"]
     if local is not None and not isinstance(local, str | dict):
         raise UserError(f"params key '{_key(name, 'local')}' must be a path or {{archive: path}}; got {local!r}")
@@ -358,6 +384,24 @@ def _assign_splits(name: str, opts: dict, alphabet_archive: dict[str, str]) -> d
     return out
 
 
+def _character_splits(name: str, opts: dict, characters: list[tuple[str, str]], seed: int) -> dict:
+    """(alphabet, character) -> split under `character_split`: a seeded shuffle of all
+    characters, the first N train, the next M val, the rest test."""
+    cs, n = opts["character_split"], len(characters)
+    sizes = {s: (int(round(v * n)) if isinstance(v, float) else v) for s, v in cs.items()}
+    train, val = sizes["train"], sizes.get("val", 0)
+    if train < 1 or train + val >= n:
+        raise UserError(f"params key '{_key(name, 'character_split')}' asks for {train} train and {val} val "
+                        f"characters, but {', '.join(opts['archives'])} hold {n} characters and the test split "
+                        f"needs the rest; lower the counts, or give fractions (e.g. {{train: "
+                        f"{round(1200 / 1623, 4)}, val: 0}} for the 1200/1623 proportion)")
+    order = np.random.default_rng(seed).permutation(n)
+    out = {}
+    for rank, i in enumerate(order):
+        out[characters[i]] = "train" if rank < train else "val" if rank < train + val else "test"
+    return out
+
+
 # -- the source ---------------------------------------------------------------------------
 
 @declare(OPTIONS, check=lambda opts, name: _check(name, opts))
@@ -383,29 +427,39 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
                         "md5": file_md5(path) if path.is_file() else None,
                         "alphabets": len({r[0] for r in rows}), "images": len(rows)})
 
-    split_of = _assign_splits(name, opts, alphabet_archive)
     order = {s: i for i, s in enumerate(SPLITS)}
-    keys = sorted((k for k in chars if k[0] in split_of), key=lambda k: (order[split_of[k[0]]], k))
+    if opts["character_split"] is not None:
+        split_char = _character_splits(name, opts, sorted(chars), seed)
+        split_of = {a: "mixed" for a in alphabet_archive}
+        keys = sorted(chars, key=lambda k: (order[split_char[k]], k))
+    else:
+        split_of = _assign_splits(name, opts, alphabet_archive)
+        split_char = {k: split_of[k[0]] for k in chars if k[0] in split_of}
+        keys = sorted((k for k in chars if k[0] in split_of), key=lambda k: (order[split_char[k]], k))
     items = [item for k in keys for item in sorted(chars[k])]
     base = _decode_all(items, opts["image_size"], opts["invert"], _fix(name, opts))
+    names = np.array([where.split(":", 1)[1] for where, _ in items])
 
     rotations = ROTATIONS if opts["rotations"] else (0,)
-    blocks, labels, rows = [], [], []
+    by_character = opts["character_split"] is not None
+    blocks, labels, rows, files = [], [], [], []
     start = 0
     for alphabet, character in keys:
         n = len(chars[(alphabet, character)])
         block = base[start:start + n]
-        start += n
         for deg in rotations:
             cid = len(rows)
             blocks.append(np.rot90(block, deg // 90, axes=(1, 2)) if deg else block)
             labels.append(np.full(n, cid, dtype=np.int64))
+            files.append(names[start:start + n])
             rows.append({"class_id": cid,
                          "name": f"{alphabet}/{character}" + (f"/rot{deg}" if deg else ""),
-                         "group": alphabet, "split": split_of[alphabet], "n_images": n})
+                         "group": f"{alphabet}/{character}" if by_character else alphabet,
+                         "split": split_char[(alphabet, character)], "n_images": n})
+        start += n
     images = np.ascontiguousarray(np.concatenate(blocks)[:, None])
     classes = pd.DataFrame(rows, columns=["class_id", "name", "group", "split", "n_images"])
-    split_alphabets = {s: sorted(a for a, t in split_of.items() if t == s) for s in SPLITS}
+    split_alphabets = {s: sorted({k[0] for k in keys if split_char[k] == s}) for s in SPLITS}
     meta = {
         "source": "omniglot",
         "dataset": name,
@@ -416,4 +470,7 @@ def prepare(name: str, options: dict, raw_dir: Path, out_dir: Path, seed: int) -
         "dropped_alphabets": sorted(set(alphabet_archive) - set(split_of)),
         "strokes": "bright on black" if opts["invert"] else "dark on white",
     }
-    write_prepared(out_dir, images, np.concatenate(labels), classes, meta)
+    if by_character:
+        meta["split_by"] = "character"
+        meta["characters_per_split"] = {s: sum(v == s for v in split_char.values()) for s in SPLITS}
+    write_prepared(out_dir, images, np.concatenate(labels), classes, meta, {"files": np.concatenate(files)})

@@ -119,20 +119,21 @@ def items_by_class(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
 
 
 def check_sizes(data: PreparedDataset, split: str, ways: int, shots: int, queries: int,
-                exp: str | None = None) -> None:
+                exp: str | None = None, prefix: str = "") -> None:
     """Episodes of `split` can be drawn: enough classes for `ways`, enough images per class
-    for `shots + queries`. Raises UserError naming the dataset, split and params keys."""
-    key = f"experiments.{exp or '<experiment>'}"
+    for `shots + queries`. Raises UserError naming the dataset, split and params keys
+    (`prefix` "train_": the training episode keys)."""
+    key = f"experiments.{exp or '<experiment>'}.{prefix}"
     classes = data.split_classes(split)
     if len(classes) < ways:
         raise UserError(f"dataset {data.name}: its {split} split has {len(classes)} classes but episodes "
-                        f"need ways={ways} (params key '{key}.ways'); lower it, or give the split more "
+                        f"need ways={ways} (params key '{key}ways'); lower it, or give the split more "
                         f"classes (datasets.{data.name}.options)")
     sizes = data.classes.set_index("class_id").loc[classes, "n_images"]
     if len(sizes) and sizes.min() < shots + queries:
         raise UserError(f"dataset {data.name}: class {sizes.idxmin()} of its {split} split has {sizes.min()} "
                         f"images but episodes need shots+queries={shots + queries} (params keys "
-                        f"'{key}.shots' and '{key}.queries'); lower them, or use more images per class")
+                        f"'{key}shots' and '{key}queries'); lower them, or use more images per class")
 
 
 def build_manifest(data: PreparedDataset, split: str, ways: int, shots: int, queries: int,

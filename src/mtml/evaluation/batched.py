@@ -72,7 +72,7 @@ def _labels(ways: int, per_class: int, episodes: int, device) -> torch.Tensor:
 
 
 def evaluate_batches(learner: MetaLearner, bank: ImageBank, arrays: ManifestArrays, episode_batch: int,
-                     advance=lambda n: None) -> list[dict]:
+                     advance=lambda n: None, nil: str = "means") -> list[dict]:
     """Rows {episode, accuracy, nil_accuracy} (in %) of every episode, `episode_batch` at a time."""
     steps = learner.hp.get("eval_inner_steps", 0) if parallel.family(learner) == "gradient" else 0
     ways = arrays.support.shape[1]
@@ -86,9 +86,9 @@ def evaluate_batches(learner: MetaLearner, bank: ImageBank, arrays: ManifestArra
                                       ways)
         out = parallel.batch_outputs(learner, batch, steps, first_order=True, features=True)
         acc = (out.logits.argmax(-1) == batch.query_y).float().mean(-1)
-        nil = vmap(nil_logits, in_dims=(0, 0, 0, None))(out.support_features, batch.support_y,
-                                                         out.query_features, ways)
-        nil_acc = (nil.argmax(-1) == batch.query_y).float().mean(-1)
+        nil_out = vmap(nil_logits, in_dims=(0, 0, 0, None, None))(out.support_features, batch.support_y,
+                                                                   out.query_features, ways, nil)
+        nil_acc = (nil_out.argmax(-1) == batch.query_y).float().mean(-1)
         for ep, a, b in zip(arrays.episodes[start:start + n].tolist(), acc.tolist(), nil_acc.tolist()):
             rows.append({"episode": int(ep), "accuracy": 100 * a, "nil_accuracy": 100 * b})
         advance(n)

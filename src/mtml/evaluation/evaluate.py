@@ -21,10 +21,11 @@ def episode_embeddings(learner: MetaLearner, ep) -> tuple[torch.Tensor, torch.Te
 
 
 def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame, label: str,
-                      episode_batch: int | str = 1) -> pd.DataFrame:
+                      episode_batch: int | str = 1, nil: str = "means") -> pd.DataFrame:
     """Per-episode accuracy and NIL accuracy. `episode_batch` (params `evaluation.episode_batch`)
     > 1 runs methods with a batched path through `mtml.evaluation.batched`; 1 is the
-    per-episode reference loop; `auto` picks per device."""
+    per-episode reference loop; `auto` picks per device. `nil` (params `evaluation.nil`):
+    NIL against class means or support samples (`mtml.evaluation.stats.nil_logits`)."""
     rows = []
     arrays = manifest_arrays(manifest)
     n = len(arrays.episodes)
@@ -33,13 +34,14 @@ def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFr
     with bar, torch.no_grad():
         task = bar.add_task(label, total=n)
         if size > 1 and batched.supports(learner):
-            rows = batched.evaluate_batches(learner, bank, arrays, size, lambda k: bar.update(task, advance=k))
+            rows = batched.evaluate_batches(learner, bank, arrays, size, lambda k: bar.update(task, advance=k),
+                                            nil=nil)
             return pd.DataFrame(rows)
         for ep_id, ep in manifest_episodes(bank, manifest):
             logits, support, query = batched.predict_with_features(learner, ep)
             acc = (logits.argmax(-1) == ep.query_y).float().mean()
-            nil = nil_logits(support, ep.support_y, query, ep.ways)
-            nil_acc = (nil.argmax(-1) == ep.query_y).float().mean()
+            nil_out = nil_logits(support, ep.support_y, query, ep.ways, nil)
+            nil_acc = (nil_out.argmax(-1) == ep.query_y).float().mean()
             rows.append({"episode": ep_id, "accuracy": 100 * float(acc), "nil_accuracy": 100 * float(nil_acc)})
             bar.update(task, advance=1)
     return pd.DataFrame(rows)

@@ -50,6 +50,8 @@ class Kind:
     # episodes.csv columns in order (None: as the frames come) and number format
     episode_columns: list[str] | None = None
     csv_float_format = "%.4f"
+    # reads train_ways/train_shots/train_queries and test_episodes (mtml.study.FEWSHOT_ONLY)
+    fewshot_protocol = False
 
     # -- params ----------------------------------------------------------------------------
     def configure(self, study, exp) -> Any:
@@ -82,7 +84,9 @@ class Kind:
         its tasks from `data` (one of `train_datasets`)."""
         from mtml.episodes.manifest import check_sizes
 
-        check_sizes(data, "train", exp.ways, exp.shots, exp.queries, exp.name)
+        check_sizes(data, "train", exp.train_ways, exp.train_shots, exp.train_queries, exp.name,
+                    prefix="train_" if exp.train_ways != exp.ways or exp.train_shots != exp.shots
+                    or exp.train_queries != exp.queries else "")
 
     def read_manifest(self, path: Path) -> pd.DataFrame:
         from mtml.episodes.manifest import read_manifest

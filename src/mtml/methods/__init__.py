@@ -14,6 +14,7 @@ ALGORITHMS = {
     "metasgd": "mtml.methods.gradient:MetaSGD",
     "protonet": "mtml.methods.metric:ProtoNet",
     "pixel-nn": "mtml.methods.metric:PixelNearestNeighbour",
+    "matchingnet": "mtml.methods.matching:MatchingNet",
     "mmaml": "mtml.methods.multimodal:MMAML",
     "mmaml-kml": "mtml.methods.multimodal:MMAMLKML",
     "mprotonet": "mtml.methods.multimodal:MProtoNet",

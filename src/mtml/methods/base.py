@@ -60,6 +60,9 @@ class MetaLearner(nn.Module):
     defaults: dict = {}
     algorithm: str = ""
     trainable = True
+    # Predicts for any number of classes per episode (no `ways`-wide head), so it can train
+    # with `train_ways` other than the test `ways`.
+    any_ways = False
     # "loop" or "vmap": how meta_loss runs a meta-batch's tasks (set by the trainer from
     # training.task_parallel; methods without a batched path loop whatever it says)
     task_parallel = "loop"

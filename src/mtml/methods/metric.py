@@ -22,24 +22,43 @@ def squared_euclidean_logits(query: Tensor, protos: Tensor) -> Tensor:
     return -((query[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
 
 
+BATCH_NORM = Option(str, "transductive", "transductive: BatchNorm with the statistics of the batch at "
+                    "hand, also at test (MAML's reference code); running: running averages from "
+                    "meta-training normalise at test (ProtoNet's reference code)",
+                    choices=("transductive", "running"))
+
+
+def embed_episode_sets(backbone, hp: dict, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+    """Support and query embeddings. Transductive BatchNorm normalises each set by itself;
+    with running statistics both go through as one batch, as ProtoNet's reference code does
+    (`torch.cat([xs, xq])`), which in eval mode is the same as two passes."""
+    if hp["batch_norm"] == "running":
+        z = backbone(torch.cat([support_x, query_x]))
+        return z[:len(support_x)], z[len(support_x):]
+    return backbone(support_x), backbone(query_x)
+
+
 @register("protonet")
 class ProtoNet(MetaLearner):
-    options = {"filters": Option(int, 32, "conv filters per layer of the Conv-4 backbone", min=1)}
+    any_ways = True
+    options = {"filters": Option(int, 32, "conv filters per layer of the Conv-4 backbone", min=1),
+               "batch_norm": BATCH_NORM}
 
     def __init__(self, hp, image_shape, ways):
         super().__init__(hp, image_shape, ways)
-        self.backbone = Conv4(image_shape[0], hp["filters"])
+        self.backbone = Conv4(image_shape[0], hp["filters"], running_stats=hp["batch_norm"] == "running")
 
     def embed_and_logits(self, episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
         """Support and query embeddings and the query logits (NIL reuses the embeddings)."""
-        support, query = self.backbone(episode.support_x), self.backbone(episode.query_x)
+        support, query = embed_episode_sets(self.backbone, self.hp, episode.support_x, episode.query_x)
         return support, query, squared_euclidean_logits(query, prototypes(support, episode.support_y, episode.ways))
 
     def logits(self, episode: Episode) -> Tensor:
         return self.embed_and_logits(episode)[2]
 
     def meta_loss(self, batch):
-        if self.task_parallel == "vmap":
+        # vmap cannot update running BatchNorm averages in place: that mode loops
+        if self.task_parallel == "vmap" and self.hp["batch_norm"] == "transductive":
             from mtml.methods import parallel
 
             if parallel.family(self) == "metric":
@@ -64,6 +83,7 @@ class PixelNearestNeighbour(MetaLearner):
 
     options = {}
     trainable = False
+    any_ways = True
 
     def predict(self, episode):
         s, q = episode.support_x.flatten(1), episode.query_x.flatten(1)

@@ -1,9 +1,12 @@
 """Conv-4 backbone (Vinyals et al.; Finn et al.) and the linear head.
 
-Four blocks of 3x3 conv (padding 1), BatchNorm, ReLU, 2x2 max-pool. BatchNorm always uses
-the statistics of the batch at hand (`track_running_stats=False`): inside an episode the
+Four blocks of 3x3 conv (padding 1), BatchNorm, ReLU, 2x2 max-pool. By default BatchNorm
+uses the statistics of the batch at hand (`track_running_stats=False`): inside an episode the
 support and query sets are normalised by themselves, as in MAML's reference code, and a
-model never carries running statistics from meta-training into a test episode.
+model never carries running statistics from meta-training into a test episode
+("transductive"). `running_stats=True` is ProtoNet's reference code instead: batch statistics
+while training, updating running averages (momentum 0.1) that normalise in eval mode, so a
+test query's prediction does not depend on the other queries (docs/protocols.md).
 
 `block_hook(index, activation)` lets a feature modulator (attention, FiLM) rescale each
 block's output channels without a copy of the network.
@@ -12,6 +15,7 @@ block's output channels without a copy of the network.
 from __future__ import annotations
 
 import contextlib
+import copy
 import contextvars
 from collections.abc import Callable, Iterator
 
@@ -38,10 +42,10 @@ def split_affine_batch_norm() -> Iterator[None]:
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, pool: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, pool: bool = True, running_stats: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm = nn.BatchNorm2d(out_channels, track_running_stats=False)
+        self.norm = nn.BatchNorm2d(out_channels, track_running_stats=running_stats)
         self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
@@ -60,10 +64,11 @@ class Conv4(nn.Module):
     # here, so the data path needs no change; inside vmap the batched path keeps its layout
     memory_format = torch.contiguous_format
 
-    def __init__(self, in_channels: int = 1, filters: int = 32, blocks: int = 4):
+    def __init__(self, in_channels: int = 1, filters: int = 32, blocks: int = 4, running_stats: bool = False):
         super().__init__()
         chans = [in_channels] + [filters] * blocks
-        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(chans[:-1], chans[1:]))
+        self.blocks = nn.ModuleList(ConvBlock(a, b, running_stats=running_stats)
+                                    for a, b in zip(chans[:-1], chans[1:]))
         self.filters = filters
 
     def forward(self, x: Tensor, block_hook: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
@@ -76,8 +81,10 @@ class Conv4(nn.Module):
         return x.flatten(1)
 
     def feature_dim(self, image_shape: tuple[int, int, int]) -> int:
+        # a copy: a probe through running-stat BatchNorm would move its running averages
+        probe = copy.deepcopy(self) if any(b.norm.track_running_stats for b in self.blocks) else self
         with torch.no_grad():
-            return int(self.forward(torch.zeros(2, *image_shape)).shape[1])
+            return int(probe.forward(torch.zeros(2, *image_shape)).shape[1])
 
 
 class Classifier(nn.Module):
