@@ -154,3 +154,39 @@ def test_task_parallel_setting():
         tiny_params(training={"task_parallel": "threads"})
     with pytest.raises(UserError, match="evaluation.episode_batch"):
         tiny_params(evaluation={"episode_batch": 0})
+
+
+@pytest.mark.parametrize("nil", ["means", "samples"])
+def test_running_statistics_protonet_embeds_each_image_once_and_equals_the_loop(nil, monkeypatch):
+    """`batch_norm: running` in eval mode: an image's embedding does not depend on its episode,
+    so evaluation embeds each test image once (mtml.evaluation.batched.evaluate_embedded_once);
+    per-episode accuracies equal the per-episode reference loop's."""
+    from mtml.evaluation import batched
+
+    torch.manual_seed(1)
+    learner = build("protonet", {"filters": 4, "batch_norm": "running"}, SHAPE, WAYS).to(DEVICE)
+    learner.train()
+    with torch.no_grad():  # move the running averages off their initial values
+        for _ in range(3):
+            learner.embed(torch.rand(30, *SHAPE, device=DEVICE))
+    learner.eval()
+    bank, manifest = random_bank(WAYS, 2, 3, SHAPE, DEVICE, episodes=12)
+    calls = []
+    embed = learner.embed
+    monkeypatch.setattr(learner, "embed", lambda x: calls.append(len(x)) or embed(x))
+    cached = evaluate_manifest(learner, bank, manifest, "cached", "auto", nil=nil)
+    assert batched.embeds_once(learner)
+    n_items = len(np.unique(manifest["item"]))
+    assert sum(calls) == n_items  # each image once, although episodes share images
+    ref = evaluate_manifest(learner, bank, manifest, "loop", 1, nil=nil)
+    assert list(cached["episode"]) == list(ref["episode"])
+    np.testing.assert_allclose(cached["accuracy"], ref["accuracy"])
+    np.testing.assert_allclose(cached["nil_accuracy"], ref["nil_accuracy"])
+
+
+def test_transductive_or_training_mode_never_embeds_once():
+    from mtml.evaluation import batched
+
+    assert not batched.embeds_once(build("protonet", {"filters": 4}, SHAPE, WAYS).eval())
+    assert not batched.embeds_once(build("protonet", {"filters": 4, "batch_norm": "running"}, SHAPE, WAYS).train())
+    assert not batched.embeds_once(build("maml", {"filters": 4}, SHAPE, WAYS).eval())

@@ -7,6 +7,7 @@ uses. Methods come from the study (`methods`), with their hyperparameters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import statistics
@@ -199,6 +200,27 @@ def _with_numerics(fn, name: str, device):
     return run
 
 
+def _compared_learners(study, experiment, shape, ways, device):
+    """(name, learner) of every method with a batched path; a metric learner with a
+    `batch_norm` option also as `<name>[running]` (running statistics: evaluation embeds each
+    test image once, `mtml.evaluation.batched.evaluate_embedded_once`; timed for evaluation)."""
+    from mtml.methods.base import LearnerContext
+    from mtml.methods.parallel import family
+
+    for name in study.methods:
+        run = study.run(experiment, name)
+        torch.manual_seed(0)
+        learner = build_learner(run, LearnerContext(shape, ways)).to(device)
+        if family(learner) is None:
+            continue
+        yield name, learner
+        if family(learner) == "metric" and run.hparams.get("batch_norm") == "transductive":
+            torch.manual_seed(0)
+            running = dataclasses.replace(run, hparams={**run.hparams, "batch_norm": "running"})
+            twin = build_learner(running, LearnerContext(shape, ways)).to(device).eval()
+            yield f"{name}[running]", twin
+
+
 def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episodes: int = 32,
             eval_batches=(1, 8), image_size: int | None = None, meta_batch: int | None = None,
             numerics=("reference",)) -> dict:
@@ -213,7 +235,6 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
     import io
 
     from mtml.evaluation.evaluate import evaluate_manifest
-    from mtml.methods.base import LearnerContext
     from mtml.methods.parallel import family
     from mtml.speed import prepare
 
@@ -223,13 +244,9 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
     extra = [n for n in numerics if n != "reference"]
     largest = max(eval_batches)
     rows = []
-    for name in study.methods:
-        torch.manual_seed(0)
-        learner = build_learner(study.run(experiment, name), LearnerContext(shape, ways)).to(device)
-        if family(learner) is None:
-            continue
+    for name, learner in _compared_learners(study, experiment, shape, ways, device):
         row = {"method": name, "family": family(learner)}
-        if learner.trainable:
+        if learner.trainable and "[" not in name:
             variants = {}
             modes = [("loop", "reference"), ("vmap", "reference")] + [("vmap", n) for n in extra]
             if "channels_last" in extra:  # a layout the loop may like better than vmap (CPU)
@@ -251,7 +268,9 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
         quiet = contextlib.redirect_stdout(io.StringIO())
         variants = {str(n): _with_numerics(lambda n=n, m=learner: evaluate_manifest(m, bank, manifest, "bench", n),
                                            "reference", device) for n in eval_batches}
-        for num in extra:
+        if "[" in name:  # the running-statistics twin: the loop against each image embedded once
+            variants = {"1": variants["1"], "auto": lambda m=learner: evaluate_manifest(m, bank, manifest, "bench", "auto")}
+        for num in extra if "[" not in name else ():
             twin = prepare(copy.deepcopy(learner), NUMERICS[num])
             variants[f"{largest}+{num}"] = _with_numerics(
                 lambda m=twin: evaluate_manifest(m, bank, manifest, "bench", largest), num, device)

@@ -14,6 +14,7 @@ per-episode weights turn its convolutions into slow grouped ones), so `auto` pic
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.func import vmap
 
@@ -89,6 +90,49 @@ def evaluate_batches(learner: MetaLearner, bank: ImageBank, arrays: ManifestArra
         nil_out = vmap(nil_logits, in_dims=(0, 0, 0, None, None))(out.support_features, batch.support_y,
                                                                    out.query_features, ways, nil)
         nil_acc = (nil_out.argmax(-1) == batch.query_y).float().mean(-1)
+        for ep, a, b in zip(arrays.episodes[start:start + n].tolist(), acc.tolist(), nil_acc.tolist()):
+            rows.append({"episode": int(ep), "accuracy": 100 * a, "nil_accuracy": 100 * b})
+        advance(n)
+    return rows
+
+
+# Images embedded per backbone call when every image is embedded once (below).
+EMBED_CHUNK = 1024
+
+
+def embeds_once(learner: MetaLearner) -> bool:
+    """True when an image's embedding does not depend on its episode: a metric learner whose
+    BatchNorm normalises with running statistics (`batch_norm: running`) in eval mode."""
+    return (parallel.family(learner) == "metric" and learner.hp.get("batch_norm") == "running"
+            and not learner.training)
+
+
+def evaluate_embedded_once(learner: MetaLearner, bank: ImageBank, arrays: ManifestArrays,
+                           advance=lambda n: None, nil: str = "means", block: int = 256) -> list[dict]:
+    """Rows {episode, accuracy, nil_accuracy} (in %), embedding each test image ONCE for all
+    episodes (a test split's images appear in many of its 600 episodes), then prototypes,
+    logits and NIL per episode from the stored embeddings, `block` episodes at a time. The
+    same functions as the per-episode path on the same embeddings, up to the backbone's
+    float rounding across batch compositions (tests/test_parallel.py compares them)."""
+    from mtml.methods.metric import prototypes, squared_euclidean_logits
+
+    items, inverse = np.unique(np.concatenate([arrays.support.ravel(), arrays.query.ravel()]), return_inverse=True)
+    table = torch.cat([learner.embed(bank.gather(items[i:i + EMBED_CHUNK]))
+                       for i in range(0, len(items), EMBED_CHUNK)])
+    n_sup = arrays.support.size
+    sup_pos = torch.as_tensor(inverse[:n_sup].reshape(arrays.support.shape), device=table.device)
+    qry_pos = torch.as_tensor(inverse[n_sup:].reshape(arrays.query.shape), device=table.device)
+    n_eps, ways, shots = arrays.support.shape
+    rows = []
+    for start in range(0, n_eps, block):
+        sup, qry = sup_pos[start:start + block], qry_pos[start:start + block]
+        n = len(sup)
+        s, q = table[sup.reshape(n, -1)], table[qry.reshape(n, -1)]  # [n, ways*shots|queries, D]
+        s_y, q_y = _labels(ways, shots, n, table.device), _labels(ways, qry.shape[2], n, table.device)
+        logits = vmap(lambda s_, y_, q_: squared_euclidean_logits(q_, prototypes(s_, y_, ways)))(s, s_y, q)
+        acc = (logits.argmax(-1) == q_y).float().mean(-1)
+        nil_out = vmap(nil_logits, in_dims=(0, 0, 0, None, None))(s, s_y, q, ways, nil)
+        nil_acc = (nil_out.argmax(-1) == q_y).float().mean(-1)
         for ep, a, b in zip(arrays.episodes[start:start + n].tolist(), acc.tolist(), nil_acc.tolist()):
             rows.append({"episode": int(ep), "accuracy": 100 * a, "nil_accuracy": 100 * b})
         advance(n)

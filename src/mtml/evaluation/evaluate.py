@@ -33,6 +33,11 @@ def evaluate_manifest(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFr
     bar, _ = progress(label, n)
     with bar, torch.no_grad():
         task = bar.add_task(label, total=n)
+        # `episode_batch: 1` is the per-episode reference; otherwise (auto included) a
+        # running-statistics metric learner embeds each test image once for all episodes
+        if batched.embeds_once(learner) and str(episode_batch) != "1":
+            rows = batched.evaluate_embedded_once(learner, bank, arrays, lambda k: bar.update(task, advance=k), nil)
+            return pd.DataFrame(rows)
         if size > 1 and batched.supports(learner):
             rows = batched.evaluate_batches(learner, bank, arrays, size, lambda k: bar.update(task, advance=k),
                                             nil=nil)
