@@ -180,3 +180,6 @@ def test_a_tiny_search_runs_end_to_end_through_snakemake(tmp_path):
     assert json.loads((layout.run_dir("tiny", "maml") / "train.json").read_text())["iterations"] == 6
     assert (layout.run_dir("tiny", "maml") / "eval.json").exists()
     assert "**yes**" in layout.search_table("tiny", "maml").read_text()
+    run_command(["snakemake", "--report", "report.html"], smk)   # the trials table is in the report
+    html = (smk / "report.html").read_text()
+    assert "Hyperparameter search of" in html and "**yes**" in html

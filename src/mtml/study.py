@@ -114,6 +114,7 @@ class Study:
     _experiments: dict = field(default_factory=dict, repr=False)
     _runs: dict = field(default_factory=dict, repr=False)
     _draws: dict = field(default_factory=dict, repr=False)
+    searches: dict = field(default_factory=dict, init=False, repr=False)   # method -> mtml.search.Search
 
     def __post_init__(self):
         # Resolve everything once: every kind setting and every run's hyperparameters are
@@ -283,8 +284,9 @@ class Study:
         return [self.trial(e, m, t) for m, s in self.searches.items() for e in s.experiments
                 for t in range(s.trials)]
 
-    def runs(self) -> list[Run]:  # (the final runs; trials: `trials()`)
-        """Every run of the matrix: experiment x method x training seed."""
+    def runs(self) -> list[Run]:
+        """Every run of the matrix: experiment x method x training seed (a search's trials:
+        `trials()`)."""
         return [self.run(e, m, s) for e in self.experiments for m in self.methods for s in self.seeds]
 
 

@@ -29,7 +29,12 @@ rule search_select:
         trial_results,
     output:
         selection=s(LAYOUT.selection("{experiment}", "{method}")),
-        table=s(LAYOUT.search_table("{experiment}", "{method}")),
+        table=report(
+            s(LAYOUT.search_table("{experiment}", "{method}")),
+            caption="../report/search.rst",
+            category="Search",
+            subcategory="{method}",
+        ),
     log:
         s(LAYOUT.log("search", "{experiment}", "{method}", "select")),
     conda:
