@@ -178,6 +178,15 @@ def test_a_tiny_search_runs_end_to_end_through_snakemake(tmp_path):
     assert record["selected"] == select([r["best_val_accuracy"] for r in scores])
     assert record["config"] == s.trial_configs("maml")[record["selected"]]
     assert json.loads((layout.run_dir("tiny", "maml") / "train.json").read_text())["iterations"] == 6
+    # the final run trained with the selected configuration: its checkpoint's fingerprint is that
+    # run's, not the one of the method's params as given
+    from mtml.stages import input_hashes
+    from mtml.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(layout.checkpoint("tiny", "maml"), "cpu")
+    inputs = input_hashes(s.experiment("tiny"), layout)
+    assert ckpt["fingerprint"] == resolve_run(s, layout, "tiny", "maml").fingerprint(inputs)
+    assert ckpt["fingerprint"] != s.run("tiny", "maml").fingerprint(inputs)
     assert (layout.run_dir("tiny", "maml") / "eval.json").exists()
     assert "**yes**" in layout.search_table("tiny", "maml").read_text()
     run_command(["snakemake", "--report", "report.html"], smk)   # the trials table is in the report
