@@ -162,13 +162,17 @@ def test_the_task_attention_preset_states_the_papers_search():
     assert math.isclose(preset.searches["taml"].space["lambda"][1][0], 1e-2)
 
 
-@pytest.mark.slow
-def test_a_tiny_search_runs_end_to_end_through_snakemake(tmp_path):
+def _tiny_search() -> dict:
     p = _params(trials=2, iterations=4)
     p["methods"] = {"maml": {"filters": 8}}
     p["training"].update(iterations=6, val_interval=3, val_episodes=6)
     p["evaluation"]["episodes"] = 10
-    smk = project_dir(tmp_path, p)
+    return p
+
+
+@pytest.mark.slow
+def test_a_tiny_search_runs_end_to_end_through_snakemake(tmp_path):
+    smk = project_dir(tmp_path, _tiny_search())
     run_command(["snakemake", "--cores", "2", "all", "--quiet"], smk)
     s = load(smk / "params.yaml")
     layout = Layout(smk, s)
@@ -192,3 +196,23 @@ def test_a_tiny_search_runs_end_to_end_through_snakemake(tmp_path):
     run_command(["snakemake", "--report", "report.html"], smk)   # the trials table is in the report
     html = (smk / "report.html").read_text()
     assert "Hyperparameter search of" in html and "**yes**" in html
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_same_search(tmp_path):
+    """dvc repro schedules the trials, the selection and the final run like Snakemake, with
+    the same results (a stage of its own per trial; `search.<method>` as a params key)."""
+    roots = {door: project_dir(tmp_path / door, _tiny_search()) for door in ("smk", "dvc")}
+    run_command(["snakemake", "--cores", "2", "all", "--quiet"], roots["smk"])
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "--quiet"]):
+        run_command(cmd, roots["dvc"])
+    s = load(roots["dvc"] / "params.yaml")
+    for root in roots.values():
+        assert Layout(root, s).selection("tiny", "maml").exists()
+    files = [Layout(".", s).selection("tiny", "maml"), Layout(".", s).search_table("tiny", "maml"),
+             *[Layout(".", s).trial_dir("tiny", "maml", t) / "train_log.csv" for t in range(2)],
+             Layout(".", s).run_dir("tiny", "maml") / "eval.json"]
+    for f in files:
+        assert (roots["smk"] / f).read_bytes() == (roots["dvc"] / f).read_bytes(), f
+    status = run_command(["dvc", "status"], roots["dvc"]).stdout
+    assert "changed" not in status, status
