@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/meta.smk"
 include: "workflow/rules/aggregate.smk"
 

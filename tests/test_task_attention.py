@@ -368,7 +368,7 @@ def test_all_methods_beat_chance_and_analyses_draw(tmp_path):
     from pipeline_helpers import run_pipeline, tiny_params
 
     params = tiny_params(methods=ALL_METHODS, analyses=["attention-trend", "attention-correlation",
-                                                        "ta-curves", "paper-table"],
+                                                        "ta-curves", "paper-table", "metalstm-oscillation"],
                          experiments={"tiny": {"dataset": "glyphs", "ways": 5, "shots": 1, "queries": 5}},
                          training={"iterations": 40, "meta_batch": 2, "meta_lr": 0.003, "val_interval": 20,
                                    "val_episodes": 10})
@@ -384,7 +384,8 @@ def test_all_methods_beat_chance_and_analyses_draw(tmp_path):
     layout = Layout(tmp_path, params)
     for meth in ALL_METHODS:
         lines = (layout.run_dir("tiny", meth) / "trace.jsonl").read_text().splitlines()
-        assert len(lines) == (40 if meth.startswith("ta-") else 0)
+        # ta-*: attention records; metalstm, metalstm++: each meta-update's loss
+        assert len(lines) == (40 if meth.startswith("ta-") or meth in ("metalstm", "metalstm++") else 0)
     aggregate(params, layout)
     for name in params.analyses:
         out = tmp_path / "analysis" / name

@@ -52,11 +52,14 @@ def cmd_episodes(args):
 
 def cmd_train(args):
     from mtml import stages
+    from mtml.search import resolve_run
     from mtml.utils import seed_everything
 
     study, layout = _setup(args)
     device = _device(study)
-    run = study.run(args.experiment, args.method, args.seed)
+    if args.trial is not None and args.seed is not None:
+        raise UserError("--trial and --seed exclude each other: a trial trains with the first of params 'seeds'")
+    run = resolve_run(study, layout, args.experiment, args.method, args.seed, args.trial)
     seed_everything(run.seed)  # the global RNGs too follow the training seed
     res = stages.train(run, layout, device)
     print(f"trained {run.label} on {device}: {res}")
@@ -64,15 +67,26 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     from mtml import stages
+    from mtml.search import resolve_run
     from mtml.utils import seed_everything
 
     study, layout = _setup(args)
-    run = study.run(args.experiment, args.method, args.seed)
+    run = resolve_run(study, layout, args.experiment, args.method, args.seed)
     seed_everything(run.seed)  # the global RNGs too follow the training seed
     rows = stages.evaluate(run, layout, _device(study))
     for r in rows:
         print(f"{run.label} {r['split']}:{r['dataset']} "
               f"{r['accuracy']:.2f} ± {r['ci95']:.2f} (NIL {r['nil_accuracy']:.2f})")
+
+
+def cmd_select(args):
+    from mtml.search import run_select
+
+    study, layout = _setup(args)
+    record = run_select(study, layout, args.experiment, args.method)
+    best = record["trials"][record["selected"]]
+    print(f"selected trial {record['selected']} of {len(record['trials'])} for {args.method} on {args.experiment}: "
+          f"{best['best_val_accuracy']:.2f}% validation accuracy with {best['config']}")
 
 
 def cmd_aggregate(args):
@@ -194,7 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", required=True)
         p.add_argument("--seed", type=int, default=None,
                        help="training seed, one of params 'seeds' (default: the first)")
+        if name == "train":
+            p.add_argument("--trial", type=int, default=None,
+                           help="train this trial of the method's hyperparameter search (params 'search')")
         p.set_defaults(func=func)
+    p = sub.add_parser("select", parents=[common], help="pick the best trial of a hyperparameter search")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--method", required=True)
+    p.set_defaults(func=cmd_select)
     p = sub.add_parser("aggregate", parents=[common], help="summary.json, tables and plots")
     p.set_defaults(func=cmd_aggregate)
     p = sub.add_parser("analyse", parents=[common], help="draw one analysis (under metrics/<study>/analysis/)")

@@ -9,6 +9,12 @@ default:
   metrics/<study>/plots/*.png                           metrics/<study>/analysis/<name>/
   logs/<study>/...
 
+A searched method (params `search`, mtml.search) first trains its trials:
+
+  models/<study>/<exp>/<method>/search/trial-<t>/{model.pt, checkpoint.pt}
+  metrics/<study>/search/<exp>/<method>/trial-<t>/<train files>
+  metrics/<study>/search/<exp>/<method>/{selection.json, trials.md}
+
 (k: a training seed of `seeds`; one level per seed even with one seed, so adding seeds moves
 no existing file.)
 
@@ -112,6 +118,39 @@ class Layout:
         return [p for run in self.study.runs()
                 for p in self.run_files(run.experiment.name, run.method, names, run.seed)]
 
+    # -- hyperparameter search (`trial`: a trial number, or a "{trial}" wildcard) ---------------
+    def search_dir(self, experiment: str, method: str) -> Path:
+        return self.metrics / "search" / experiment / method
+
+    def trial_model_dir(self, experiment: str, method: str, trial) -> Path:
+        return self.root / "models" / self.study.name / experiment / method / "search" / f"trial-{trial}"
+
+    def trial_model(self, experiment: str, method: str, trial) -> Path:
+        return self.trial_model_dir(experiment, method, trial) / "model.pt"
+
+    def trial_dir(self, experiment: str, method: str, trial) -> Path:
+        return self.search_dir(experiment, method) / f"trial-{trial}"
+
+    def trial_files(self, experiment: str, method: str, trial, names=TRAIN_FILES) -> list[Path]:
+        return [self.trial_dir(experiment, method, trial) / n for n in names]
+
+    def selection(self, experiment: str, method: str) -> Path:
+        return self.search_dir(experiment, method) / "selection.json"
+
+    def search_table(self, experiment: str, method: str) -> Path:
+        return self.search_dir(experiment, method) / "trials.md"
+
+    def train_dirs(self, run) -> tuple[Path, Path]:
+        """(model folder, metrics folder) a run trains into: its seed's, or its trial's."""
+        e, m = run.experiment.name, run.method
+        if run.trial is not None:
+            return self.trial_model_dir(e, m, run.trial), self.trial_dir(e, m, run.trial)
+        return self.model_dir(e, m, run.seed), self.run_dir(e, m, run.seed)
+
+    def search_tables(self) -> list[Path]:
+        study = self.study
+        return [self.search_table(e, m) for m, s in study.searches.items() for e in s.experiments]
+
     def summary(self, name: str = "summary.json") -> Path:
         return self.metrics / name
 
@@ -126,4 +165,4 @@ class Layout:
 
     # -- everything `all` builds -------------------------------------------------------------
     def final_outputs(self) -> list[Path]:
-        return self.summary_files() + [self.analysis(a) for a in self.study.analyses]
+        return self.summary_files() + [self.analysis(a) for a in self.study.analyses] + self.search_tables()

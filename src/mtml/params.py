@@ -44,6 +44,10 @@ def params_schema() -> dict:
         {"if": {"required": ["algorithm"], "properties": {"algorithm": {"const": name}}},
          "then": {"properties": options_schema(METHODS[name].options)}}
         for name in METHODS.names()]
+    from mtml.search import OPTIONS as SEARCH_OPTIONS
+
+    props["search"]["additionalProperties"] = {"type": "object", "additionalProperties": False,
+                                               "properties": options_schema(SEARCH_OPTIONS)}
     dataset = props["datasets"]["additionalProperties"]
     dataset["properties"]["source"]["enum"] = SOURCES.names()
     dataset["allOf"] = [

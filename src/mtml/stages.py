@@ -103,8 +103,7 @@ def train(run: Run, layout: Layout, device) -> dict:
     info = {"method": run.method, "experiment": exp.name, "seed": run.seed, **ctx.info()}
     with speed.numerics(run.training, device):
         return fit(learner, training_stream(run, banks), lambda m: exp.kind.validate(exp, m, banks, val),
-                   run.training, run.fingerprint(input_hashes(exp, layout)),
-                   layout.model_dir(exp.name, run.method, run.seed), layout.run_dir(exp.name, run.method, run.seed),
+                   run.training, run.fingerprint(input_hashes(exp, layout)), *layout.train_dirs(run),
                    device, run.label, info)
 
 

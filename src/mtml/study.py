@@ -105,14 +105,19 @@ class Run:
     cls: type
     hparams: dict         # defaults filled, `methods.<m>` and `experiments.<e>.methods.<m>` applied
     seed: int             # the training seed (one of `study.seeds`)
+    # a searched method (params `search`): the training keys its configuration sets, and
+    # which trial this run is (None: a final run, trained with the selected configuration)
+    training_overrides: dict = field(default_factory=dict)
+    trial: int | None = None
 
     @property
     def training(self) -> dict:
-        return self.experiment.training
+        return {**self.experiment.training, **self.training_overrides}
 
     @property
     def label(self) -> str:
-        return f"{self.experiment.name}/{self.method}/seed-{self.seed}"
+        last = f"trial-{self.trial}" if self.trial is not None else f"seed-{self.seed}"
+        return f"{self.experiment.name}/{self.method}/{last}"
 
     def fingerprint(self, inputs: dict) -> str:
         """What a checkpoint must match to be resumed: every setting the run depends on and
@@ -129,13 +134,24 @@ class Study:
     files: tuple[str, ...] = ()
     _experiments: dict = field(default_factory=dict, repr=False)
     _runs: dict = field(default_factory=dict, repr=False)
+    _draws: dict = field(default_factory=dict, repr=False)
+    searches: dict = field(default_factory=dict, init=False, repr=False)   # method -> mtml.search.Search
 
     def __post_init__(self):
         # Resolve everything once: every kind setting and every run's hyperparameters are
         # checked here, so a bad params file fails before any stage starts.
+        from mtml.search import parse
+
+        self.searches = parse(self.params)
         for exp in self.experiments:
             for meth in self.methods:
                 self.run(exp, meth)
+        # A search's space: every choice and both ends of every range (a draw lies between
+        # them); the drawn configurations resolve when a trial runs.
+        for meth, search in self.searches.items():
+            for exp in search.experiments:
+                for key, value in search.corners():
+                    self._resolve(exp, meth, self.seeds[0], {key: value}, None, f"a bound of its '{key}' range")
         ref = self.params.get("reference")
         if ref is not None and ref not in self.params["methods"]:
             raise UserError(f"params key 'reference' names method {ref!r}; defined methods: {', '.join(self.methods)}")
@@ -220,32 +236,92 @@ class Study:
             hp.update(self.params["experiments"][experiment].get("methods", {}).get(method) or {})
         return hp
 
-    def run(self, experiment: str, method: str, seed: int | None = None) -> Run:
+    def run(self, experiment: str, method: str, seed: int | None = None, selected: dict | None = None) -> Run:
         """The run of `method` on `experiment` with training seed `seed` (default: the first
-        of `seeds`, the one analyses read)."""
-        from mtml.methods import resolve_hparams
-
+        of `seeds`, the one analyses read). A searched run (`searched`) is trained with the
+        configuration its search selected: pass it as `selected` (`mtml.search.read_selection`);
+        without it the run has the method's params as given."""
         if seed is None:
             seed = self.seeds[0]
         elif int(seed) not in self.seeds:
             raise UserError(f"seed {seed} is not in params 'seeds' ({', '.join(map(str, self.seeds))})")
-        if (experiment, method, int(seed)) in self._runs:
-            return self._runs[(experiment, method, int(seed))]
+        if selected is not None:
+            return self._resolve(experiment, method, int(seed), selected, None, "its search's selection")
+        if (experiment, method, int(seed)) not in self._runs:
+            self._runs[(experiment, method, int(seed))] = self._resolve(experiment, method, int(seed), {}, None, "")
+        return self._runs[(experiment, method, int(seed))]
+
+    def _resolve(self, experiment: str, method: str, seed: int, config: dict, trial: int | None,
+                 origin: str) -> Run:
+        """A run with a search configuration (`config`, from `origin`) over the method's params."""
+        from mtml.methods import resolve_hparams
+        from mtml.search import split
 
         exp = self.experiment(experiment)
         override = f"experiments.{experiment}.methods.{method}"
+        hp_over, training = split(config)
         try:
-            cls, hp = resolve_hparams(method, self.method_config(method, experiment))
+            cls, hp = resolve_hparams(method, {**self.method_config(method, experiment), **hp_over})
+            if origin:
+                _check_training(training, method)
         except UserError as err:
+            if origin:
+                raise UserError(f"{err} (set by 'search.{method}.space': {origin})") from None
             if method in exp.config.get("methods", {}):
                 raise UserError(f"{err} (as overridden by '{override}')") from None
             raise
-        run = Run(self, exp, method, cls, hp, int(seed))
+        if trial is not None:
+            search = self.searches[method]
+            training["iterations"] = search.iterations or exp.training["iterations"]
+        run = Run(self, exp, method, cls, hp, seed, training, trial)
         cls.check_run(run)
         exp.kind.check_run(run)
-        self._runs[(experiment, method, int(seed))] = run
         return run
 
+    # -- hyperparameter search (params `search`; mtml.search) ------------------------------
+    def searched(self, experiment: str, method: str) -> bool:
+        """Whether `method`'s runs on `experiment` train with a searched configuration."""
+        return method in self.searches and experiment in self.searches[method].experiments
+
+    def trial_configs(self, method: str) -> list[dict]:
+        """The configurations the search of `method` draws, trial 0 first."""
+        if method not in self._draws:
+            self._draws[method] = self.searches[method].draw()
+        return self._draws[method]
+
+    def trial(self, experiment: str, method: str, trial: int) -> Run:
+        """Trial `trial` of the search of `method` on `experiment`: the drawn configuration,
+        the search's iterations, the first training seed."""
+        if not self.searched(experiment, method):
+            raise UserError(f"{method} is not searched on {experiment}: params 'search.{method}' "
+                            f"{'does not list it' if method in self.searches else 'is not given'}")
+        configs = self.trial_configs(method)
+        if not 0 <= trial < len(configs):
+            raise UserError(f"trial {trial} is not one of the {len(configs)} of params 'search.{method}.trials'")
+        key = (experiment, method, "trial", trial)
+        if key not in self._runs:
+            self._runs[key] = self._resolve(experiment, method, self.seeds[0], configs[trial], trial,
+                                            f"trial {trial}")
+        return self._runs[key]
+
+    def trials(self) -> list[Run]:
+        """Every trial run of every search."""
+        return [self.trial(e, m, t) for m, s in self.searches.items() for e in s.experiments
+                for t in range(s.trials)]
+
     def runs(self) -> list[Run]:
-        """Every run of the matrix: experiment x method x training seed."""
+        """Every run of the matrix: experiment x method x training seed (a search's trials:
+        `trials()`)."""
         return [self.run(e, m, s) for e in self.experiments for m in self.methods for s in self.seeds]
+
+
+def _check_training(training: dict, method: str) -> None:
+    """Training keys a search may set (iterations are the search's own; val_episodes would
+    change the validation episodes the trials are compared on)."""
+    from mtml.options import Option, check_options
+
+    check_options(training, {
+        "meta_lr": Option(float, None, "Adam learning rate", min=0, above=True, nullable=False),
+        "meta_batch": Option(int, None, "tasks per meta-update", min=1, nullable=False),
+        "val_interval": Option(int, None, "iterations between validations", min=1, nullable=False),
+    }, f"search.{method}.space.training", unknown="cannot be searched")

@@ -9,7 +9,8 @@ Changing hyperparameters or training settings moves no path and needs nothing.
 
 One train and one evaluate stage per experiment x method x training seed
 (`train.<exp>.<method>.<seed>`); the seed is in the stage's command, not in its params, so
-adding a seed leaves the other seeds' stages up to date.
+adding a seed leaves the other seeds' stages up to date. A searched method (params `search`)
+adds its trial and select stages before them (`search_stages`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def dvc_stages(layout: Layout) -> dict:
             "deps": [r(layout.prepared(d)) for d in exp.datasets],
             "params": ["seed", f"experiments.{e}", "evaluation", "training"],
             "outs": [r(layout.episodes(e))]}
+    stages.update(search_stages(layout))
     for run in study.runs():
         e, m, k = run.experiment.name, run.method, run.seed
         run_params = ["seed", "device", "training", f"experiments.{e}", f"methods.{m}"]
+        # a searched run reads the configuration its search selected
+        selection = [r(layout.selection(e, m))] if study.searched(e, m) else []
         run_dir = layout.run_dir(e, m, k)
         outs = [r(layout.model(e, m, k)),
                 # kept across reruns so an interrupted training resumes (restarts when params change)
@@ -57,11 +61,11 @@ def dvc_stages(layout: Layout) -> dict:
                 outs.append({r(run_dir / name): {"cache": False}})
         stages[f"train.{e}.{m}.{k}"] = {
             "cmd": f"python -m mtml train --experiment {e} --method {m} --seed {k} --dvc",
-            "deps": [r(layout.episodes(e))], "params": run_params, "outs": outs,
+            "deps": [r(layout.episodes(e))] + selection, "params": run_params, "outs": outs,
             "plots": [{r(run_dir / "train_log.csv"): {"cache": False, "x": "iteration", "y": "val_accuracy"}}]}
         stages[f"evaluate.{e}.{m}.{k}"] = {
             "cmd": f"python -m mtml evaluate --experiment {e} --method {m} --seed {k} --dvc",
-            "deps": [r(layout.episodes(e)), r(layout.model(e, m, k))],
+            "deps": [r(layout.episodes(e)), r(layout.model(e, m, k))] + selection,
             "params": run_params + ["evaluation"],
             "outs": [{r(run_dir / n): {"cache": False}} for n in EVAL_FILES]}
     runs = r(layout.metrics / "runs")
@@ -79,6 +83,33 @@ def dvc_stages(layout: Layout) -> dict:
             "cmd": f"python -m mtml analyse --name {a} --dvc",
             "deps": [r(p) for p in analysis_inputs(layout)], "params": ["experiments", "methods"],
             "outs": [{r(layout.analysis(a)): {"cache": False}}]}
+    return stages
+
+
+def search_stages(layout: Layout) -> dict:
+    """Per searched experiment x method: one train stage per trial (`trial.<exp>.<method>.<t>`),
+    then `select.<exp>.<method>`, which the method's train and evaluate stages depend on."""
+    study = layout.study
+    r = lambda p: _rel(layout, p)  # noqa: E731
+    stages: dict = {}
+    for m, search in study.searches.items():
+        for e in search.experiments:
+            params = ["seed", "device", "training", f"experiments.{e}", f"methods.{m}", f"search.{m}"]
+            for t in range(search.trials):
+                trial_dir = layout.trial_dir(e, m, t)
+                outs = [r(layout.trial_model(e, m, t)),
+                        {r(layout.trial_model_dir(e, m, t) / "checkpoint.pt"): {"persist": True, "cache": False}}]
+                outs += [{r(trial_dir / n): {"cache": False}} for n in TRAIN_FILES if n != "trace.jsonl"]
+                outs.append(r(trial_dir / "trace.jsonl"))
+                stages[f"trial.{e}.{m}.{t}"] = {
+                    "cmd": f"python -m mtml train --experiment {e} --method {m} --trial {t} --dvc",
+                    "deps": [r(layout.episodes(e))], "params": params, "outs": outs}
+            stages[f"select.{e}.{m}"] = {
+                "cmd": f"python -m mtml select --experiment {e} --method {m} --dvc",
+                "deps": [r(layout.trial_dir(e, m, t) / "train.json") for t in range(search.trials)],
+                "params": [f"search.{m}"],
+                "outs": [{r(layout.selection(e, m)): {"cache": False}},
+                         {r(layout.search_table(e, m)): {"cache": False}}]}
     return stages
 
 

@@ -1,6 +1,7 @@
 localrules:
     aggregate,
     analyse,
+    search_select,
 
 
 rule aggregate:

@@ -105,7 +105,10 @@ def experiment_episodes(w):
 # override applied), so a change of exactly these reruns a run. Its own training seed only:
 # adding a seed to `seeds` leaves the other seeds' runs alone.
 def run_settings(w):
-    run = STUDY.run(w.experiment, w.method, int(w.seed))
+    return settings_of(STUDY.run(w.experiment, w.method, int(w.seed)))
+
+
+def settings_of(run):
     return {
         "algorithm": run.cls.algorithm,
         "hparams": run.hparams,
@@ -164,3 +167,28 @@ def check_slurm_resources():
 
 onstart:
     check_slurm_resources()
+
+
+# Hyperparameter search (params `search`; rules in search.smk).
+wildcard_constraints:
+    trial="[0-9]+",
+
+
+def trial_settings(w):
+    return settings_of(STUDY.trial(w.experiment, w.method, int(w.trial)))
+
+
+def trial_results(w):
+    search = STUDY.searches[w.method]
+    return [
+        s(LAYOUT.trial_dir(w.experiment, w.method, t) / "train.json")
+        for t in range(search.trials)
+    ]
+
+
+# What a run's train and evaluate jobs read besides the manifests: the selection of its
+# search, when its method is searched on its experiment.
+def run_selection(w):
+    if STUDY.searched(w.experiment, w.method):
+        return [s(LAYOUT.selection(w.experiment, w.method))]
+    return []

@@ -7,6 +7,7 @@ RUN = {"experiment": "{experiment}", "method": "{method}", "seed": "{seed}"}
 rule train:
     input:
         experiment_episodes,
+        run_selection,
     output:
         model=s(LAYOUT.model(**RUN)),
         files=[s(p) for p in LAYOUT.run_files(**RUN, names=TRAIN_FILES)],
@@ -28,6 +29,7 @@ rule evaluate:
     input:
         episodes=experiment_episodes,
         model=s(LAYOUT.model(**RUN)),
+        selection=run_selection,
     output:
         [s(p) for p in LAYOUT.run_files(**RUN, names=EVAL_FILES)],
     log:

@@ -18,6 +18,7 @@ ANALYSES = Registry("analysis", {
     "attention-correlation": "mtml.analysis.task_attention:attention_correlation",
     "ta-curves": "mtml.analysis.task_attention:ta_curves",
     "paper-table": "mtml.analysis.task_attention:paper_table_analysis",
+    "metalstm-oscillation": "mtml.analysis.oscillation:metalstm_oscillation",
     "transference": "mtml.analysis.transference:transference",
     "multimodal-table": "mtml.analysis.multimodal:multimodal_table",
     "multitask-table": "mtml.analysis.multitask:multitask_table",

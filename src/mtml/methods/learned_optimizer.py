@@ -143,7 +143,9 @@ class MetaLSTM(MAML):
             optimizer.step()
             losses.append(float(loss.detach()))
             accs.append(stats["acc"])
-        return {"loss": sum(losses) / len(losses), "acc": sum(accs) / len(accs)}
+        # the loss of every meta-update, in order (trace.jsonl; the metalstm-oscillation analysis)
+        return {"loss": sum(losses) / len(losses), "acc": sum(accs) / len(accs),
+                "trace": {"update_losses": [round(v, 6) for v in losses]}}
 
 
 @register("metalstm++")
