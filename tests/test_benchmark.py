@@ -26,11 +26,18 @@ def test_compare_times_the_speed_options_of_methods_with_a_batched_path():
     from mtml.benchmark import compare
 
     params = tiny_params(methods={"pixel-nn": {}, "protonet": {"filters": 4}})
-    result = compare(params, "tiny", repeats=1, iterations=1, episodes=2, eval_batches=(1, 2))
-    (row,) = result["rows"]  # pixel-nn has no batched path
-    assert row["method"] == "protonet"
+    result = compare(params, "tiny", repeats=1, iterations=1, episodes=2, eval_batches=(1, 2),
+                     numerics=("reference", "channels_last"))
+    # pixel-nn has no batched path; ProtoNet comes twice: as configured and with running
+    # BatchNorm statistics (evaluation only: each test image embedded once)
+    row, running = result["rows"]
+    assert row["method"] == "protonet" and running["method"] == "protonet[running]"
     assert row["train_it_per_s_loop"] > 0 and row["train_it_per_s_vmap"] > 0
+    assert row["train_it_per_s_vmap+channels_last"] > 0 and row["train_it_per_s_loop+channels_last"] > 0
     assert row["eval_batch1_over_loop"] == 1.0 and row["eval_batch2_over_loop"] > 0
+    assert row["eval_episodes_per_s_batch2+channels_last"] > 0
+    assert "train_it_per_s_loop" not in running
+    assert running["eval_batch1_over_loop"] == 1.0 and running["eval_batchauto_over_loop"] > 0
 
 
 def test_against_learn2learn_says_when_it_is_absent(monkeypatch):
