@@ -765,13 +765,15 @@ def test_speed_analysis_compares_backbones_of_the_same_width():
     import mtml.analysis.multitask as analyses
 
     p = copy.deepcopy(PIPELINE_PARAMS)
-    p["methods"] = {"am": {"algorithm": "mt-am", "filters": 8}, "maml-wide": {"algorithm": "mt-maml", "filters": 16},
+    p["methods"] = {"am": {"algorithm": "mt-am", "filters": 8, "pretrained_heads": ["depth"]},
+                    "maml-wide": {"algorithm": "mt-maml", "filters": 16},
                     "maml": {"algorithm": "mt-maml", "filters": 8, "inner_steps": 2}}
     chosen = analyses._speed_learners(make_study(p), "mt", (3, 16, 16))
     assert chosen["maml"][0] == "maml" and chosen["maml"][1].filters == chosen["am"][1].filters == 8
     del p["methods"]["maml"]
     chosen = analyses._speed_learners(make_study(p), "mt", (3, 16, 16))
     assert chosen["maml"][0] == "mt-maml (built)" and chosen["maml"][1].filters == 8  # not the 16-filter one
+    assert chosen["maml"][1].hp["pretrained_heads"] == ["depth"]  # the AM's protocol, heads included
 
 
 def test_benchmark_times_multitask_methods_on_the_kinds_own_tasks(tmp_path):

@@ -445,7 +445,7 @@ def _speed_learners(study, exp: str, image_shape) -> dict[str, object]:
         if match is not None:
             chosen[role] = (match.method, match.cls, match.hparams)
     if "maml" not in chosen:
-        keys = ("filters", "tasks", "inner_steps", "eval_inner_steps", "first_order", "inner_lr")
+        keys = ("filters", "tasks", "inner_steps", "eval_inner_steps", "first_order", "inner_lr", "pretrained_heads")
         cls, hp = resolve_hparams("maml-twin", {"algorithm": "mt-maml", **{k: am.hparams[k] for k in keys}})
         chosen["maml"] = ("mt-maml (built)", cls, hp)
     ctx = LearnerContext(tuple(image_shape), e.ways, tasks=tuple(e.settings.tasks))
