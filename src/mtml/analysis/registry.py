@@ -25,6 +25,7 @@ ANALYSES = Registry("analysis", {
     "optimal-attention": "mtml.analysis.multitask:optimal_attention",
     "attention-weights": "mtml.analysis.multitask:attention_weights",
     "multitask-speed": "mtml.analysis.multitask:multitask_speed",
+    "multitask-curves": "mtml.analysis.multitask:multitask_curves",
 })
 
 

@@ -123,7 +123,7 @@ class Kind:
         """The tasks of a meta-batch that `stream(...).batch(n)` returned."""
         return list(batch)
 
-    def validate(self, exp, learner, banks: dict, val: list[tuple[ManifestSpec, pd.DataFrame]]) -> float:
+    def validate(self, exp, learner, banks: dict, val: list[tuple[ManifestSpec, pd.DataFrame]]) -> float | tuple[float, dict]:
         """Validation accuracy in % (best-checkpoint selection, train_log.csv)."""
         raise NotImplementedError
 

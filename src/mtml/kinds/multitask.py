@@ -4,8 +4,9 @@ normals, vanishing point) on one scenes dataset, each split into subtasks by env
 Manifests: `<prefix>-<task>.parquet` per task for prefix val, test and cross-<dataset>.
 eval.json holds the classification rows (so aggregation treats them like any few-shot
 result); details.json holds, per split, task and test environment (and "all"): subtasks,
-accuracy (classification: query accuracy; other tasks: "Acc", the share of outputs within
-the threshold) and MSE in the label's units, each with its 95% CI over subtasks.
+accuracy (classification: query accuracy; other tasks: the share of outputs within the
+threshold, named by `metric`), the paper's Acc (`paper_acc`: share within 1e-3 of the label)
+and MSE in the label's units, each with its 95% CI over subtasks.
 Settings: `mtml.multitask.config`.
 """
 
@@ -20,7 +21,8 @@ from mtml.utils import derive_seed
 
 class Multitask(Kind):
     name = "multitask"
-    episode_columns = ["split", "dataset", "task", "episode", "environment", "accuracy", "nil_accuracy", "mse"]
+    episode_columns = ["split", "dataset", "task", "episode", "environment", "accuracy", "nil_accuracy", "mse",
+                       "paper_acc"]
     csv_float_format = "%.6g"
 
     def __init__(self):

@@ -12,11 +12,17 @@ per-task weights or by learned uncertainties (Kendall et al. 2018, see `combine`
 - `mt-am`: a `FeatureModulator` h_j per task reads the support set's (embedding, label)
   tokens and gives channel weights w; the backbone runs again with each block's channels
   scaled by (1 - w) and the head adapts on the modulated embeddings. The modulators Psi_j
-  have their own learning rate `attention_lr` (gamma, eq. 5).
-- `mt-pam`: the same with a `ProbabilisticFeatureModulator`: training samples w from the
-  posterior q(z_w | query set) and adds `kl_weight` * KL[q || p(z_w | support set)] (the
-  ELBO's direction, section 4.2; `kl_direction: prior-posterior` takes KL[p || q], the
-  divergence as the issue writes it); evaluation uses the prior's mean.
+  have their own learning rate `attention_lr` (gamma, eq. 5). `am_update: paper` (default)
+  splits the outer update as eqs. 4-5 do: backbone and heads descend the *unmodulated* query
+  loss (the mt-anil loss), Psi_j the modulated one, which reaches nothing else (the
+  backbone and head initialisations enter it detached, and so do the support embeddings at
+  the modulator's input); `joint` trains everything from the modulated loss alone.
+- `mt-pam`: the same with a `ProbabilisticFeatureModulator`: training samples z_w from the
+  posterior q(z_w | query set) and adds `kl_weight` (default 1, the ELBO as written) times
+  a KL divergence to the prior p(z_w | support set): KL[p || q] as the paper's text writes
+  it (`kl_direction: prior-posterior`, default) or KL[q || p], the ELBO's direction
+  (`posterior-prior`). The channel scale is 1 - z_w as written (`weight_squash: none`) or
+  1 - tanh(z_w) (`tanh`, bounded in (0, 2)); evaluation uses the prior's mean.
 - `mt-maml`: MAML-style full adaptation (backbone and head in the inner loop), the speed
   baseline of the paper's comparison.
 
@@ -58,7 +64,9 @@ from mtml.multitask.tasks import TASKS, TaskSpec
 from mtml.options import Option
 from mtml.options import defaults as option_defaults
 
-KL_DIRECTIONS = ("posterior-prior", "prior-posterior")
+KL_DIRECTIONS = ("prior-posterior", "posterior-prior")
+AM_UPDATES = ("paper", "joint")
+WEIGHT_SQUASHES = ("none", "tanh")
 BASE_OPTIONS = {
     "filters": Option(int, 32, "conv filters per layer of the Conv-4 backbone", min=1),
     "tasks": Option(str, "multi", "multi: one backbone for all tasks | single: one per task",
@@ -83,12 +91,17 @@ AM_OPTIONS = {
     "attention_lr": Option(float, 0.001, "learning rate gamma of the modulators (eq. 5)", min=0),
     "attention_dim": Option(int, 64, "width of the modulators' attention", min=1),
     "attention_blocks": Option(int, 2, "attention blocks of a modulator", min=1),
+    "am_update": Option(str, "paper", "paper: backbone and heads learn from the unmodulated query loss "
+                        "(eq. 4), the modulators from the modulated one (eq. 5) | joint: one modulated "
+                        "loss trains everything", choices=AM_UPDATES),
 }
 PAM_OPTIONS = {
     **AM_OPTIONS,
-    "kl_weight": Option(float, 0.01, "weight of the KL term", min=0),
-    "kl_direction": Option(str, "posterior-prior", "posterior-prior: KL[q || p] (the ELBO) | "
-                           "prior-posterior: KL[p || q]", choices=KL_DIRECTIONS),
+    "kl_weight": Option(float, 1.0, "weight of the KL term (1: the ELBO as written)", min=0),
+    "kl_direction": Option(str, "prior-posterior", "prior-posterior: KL[p || q] (the paper's text) | "
+                           "posterior-prior: KL[q || p] (the ELBO's direction)", choices=KL_DIRECTIONS),
+    "weight_squash": Option(str, "none", "none: channels scaled by 1 - z (the paper) | tanh: by 1 - tanh(z)",
+                            choices=WEIGHT_SQUASHES),
 }
 BASE_DEFAULTS, AM_DEFAULTS, PAM_DEFAULTS = map(option_defaults, (BASE_OPTIONS, AM_OPTIONS, PAM_OPTIONS))
 
@@ -216,11 +229,22 @@ class MultiTaskLearner(MetaLearner):
     def trunk(self) -> mtl_trunks.Trunk | None:
         return self.backbones["shared"] if self.hp["architecture"] != "hard" else None
 
-    def embed(self, x: Tensor, task: str | None = None, w: Tensor | None = None) -> Tensor:
+    def embed(self, x: Tensor, task: str | None = None, w: Tensor | None = None, detach: bool = False) -> Tensor:
+        """Backbone (or trunk) features of x under channel weights w; `detach`: with the
+        backbone's parameters as constants (gradients still reach w)."""
         task = task or next(iter(self.task_specs))
         if self.trunk is not None:
-            return self.trunk(x, task, modulation_hook(w, self.filters))
-        return self.backbone(task)(x, block_hook=modulation_hook(w, self.filters))
+            module, args, kwargs = self.trunk, (x, task, modulation_hook(w, self.filters)), {}
+        else:
+            module, args, kwargs = self.backbone(task), (x,), {"block_hook": modulation_hook(w, self.filters)}
+        if detach:
+            return functional_call(module, {k: v.detach() for k, v in module.named_parameters()}, args, kwargs)
+        return module(*args, **kwargs)
+
+    @property
+    def paper_update(self) -> bool:
+        """AM's outer update split as eqs. 4-5 (`am_update: paper`)."""
+        return self.modulator_cls is not None and self.hp["am_update"] == "paper"
 
     def inner_lr(self, task: str) -> float:
         lr = self.hp["inner_lr"]
@@ -235,26 +259,33 @@ class MultiTaskLearner(MetaLearner):
 
     def channel_weights(self, sub: Subtask, sample: bool) -> tuple[Tensor | None, Tensor]:
         """(w or None, KL term). AM: w from the support set. P-AM: w sampled from the
-        query-set posterior q when `sample` (training), with KL[q || p] to the support-set
-        prior p (KL[p || q] with `kl_direction: prior-posterior`), else the prior's mean."""
+        query-set posterior q when `sample` (training), with KL[p || q] to the support-set
+        prior p (KL[q || p] with `kl_direction: posterior-prior`), else the prior's mean.
+        Under `am_update: paper` the embeddings enter the modulator detached: no gradient
+        reaches the backbone through the modulator's input."""
         zero = sub.support_x.new_zeros(())
         if self.modulator_cls is None:
             return None, zero
         mod = self.modulators[sub.task]
-        support = (self.embed(sub.support_x, sub.task), self.label_vectors(sub, sub.support_y))
+        cut = (lambda t: t.detach()) if self.paper_update else (lambda t: t)  # noqa: E731
+        support = (cut(self.embed(sub.support_x, sub.task)), self.label_vectors(sub, sub.support_y))
         if not mod.probabilistic:
             return mod(*support), zero
+        squash = self.hp["weight_squash"] == "tanh"
         mean_p, log_std_p = mod.distribution(*support)
         if not sample:
-            return torch.tanh(mean_p), zero
-        mean_q, log_std_q = mod.distribution(self.embed(sub.query_x, sub.task), self.label_vectors(sub, sub.query_y))
-        w = mod.sample(mean_q, log_std_q)  # before the KL term: the same graph (and floats) as before the option
+            return (torch.tanh(mean_p) if squash else mean_p), zero
+        mean_q, log_std_q = mod.distribution(cut(self.embed(sub.query_x, sub.task)),
+                                             self.label_vectors(sub, sub.query_y))
+        w = mod.sample(mean_q, log_std_q, squash)  # before the KL term: the same graph (and floats) as before the option
         if self.hp["kl_direction"] == "prior-posterior":
             return w, gaussian_kl(mean_p, log_std_p, mean_q, log_std_q)
         return w, gaussian_kl(mean_q, log_std_q, mean_p, log_std_p)
 
-    def query_output(self, sub: Subtask, w: Tensor | None, steps: int, first_order: bool) -> Tensor:
-        """Adapt on the support set under channel weights w; return the query predictions."""
+    def query_output(self, sub: Subtask, w: Tensor | None, steps: int, first_order: bool,
+                     detach: bool = False) -> Tensor:
+        """Adapt on the support set under channel weights w; return the query predictions.
+        `detach`: backbone and head initialisation enter as constants (only w is trained)."""
         spec = self.task_specs[sub.task]
         head = self.heads[sub.task]
         if self.adapt_backbone:
@@ -263,8 +294,11 @@ class MultiTaskLearner(MetaLearner):
             params = named_params(module)
         else:
             module = head
-            s_in, q_in = self.embed(sub.support_x, sub.task, w), self.embed(sub.query_x, sub.task, w)
+            s_in = self.embed(sub.support_x, sub.task, w, detach)
+            q_in = self.embed(sub.query_x, sub.task, w, detach)
             params = named_params(head)
+        if detach:
+            params = {k: v.detach() for k, v in params.items()}
         frozen = {}
         if sub.task in self.hp["pretrained_heads"]:  # trained across domains: not in the inner loop
             frozen = {k: v for k, v in params.items() if module is head or k.startswith("head.")}
@@ -320,38 +354,56 @@ class MultiTaskLearner(MetaLearner):
 
     def meta_loss_terms(self, batch: dict[str, list[Subtask]]) -> tuple[Tensor, dict, dict]:
         """(total, stats, parts): parts holds each task's unweighted loss (`task_losses`),
-        its term in the total (`terms`) and the regulariser (`penalty`, or None)."""
+        its term in the total (`terms`), the regulariser (`penalty`, or None) and, under
+        `am_update: paper`, the modulators' weighted loss (`modulator`, else None)."""
         if hasattr(self, "scheduler") and self.training:
             batch = {k: batch[k] for k in self.scheduler.select(list(batch))}
-        task_losses, attention, accs = {}, {}, []
+        paper = self.paper_update
+        steps, first_order = self.hp["inner_steps"], self.hp["first_order"]
+        task_losses, modulated, attention, accs = {}, {}, {}, []
         for task, subs in batch.items():
-            spec, losses = self.task_specs[task], []
+            spec, losses, mod_losses = self.task_specs[task], [], []
             for sub in subs:
                 w, kl = self.channel_weights(sub, sample=True)
-                out = self.query_output(sub, w, self.hp["inner_steps"], self.hp["first_order"])
-                losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl
-                              + self.aux_loss(sub, w))
+                if paper:  # eq. 4: the unmodulated loss (backbone, heads); eq. 5: the modulated one (Psi_j)
+                    plain = self.query_output(sub, None, steps, first_order)
+                    losses.append(spec.loss(plain, sub.query_y) + self.aux_loss(sub, None))
+                    out = self.query_output(sub, w, steps, first_order, detach=True)
+                    mod_losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl)
+                else:
+                    out = self.query_output(sub, w, steps, first_order)
+                    losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl
+                                  + self.aux_loss(sub, w))
                 if spec.kind == "classification":
                     accs.append(float((out.argmax(-1) == sub.query_y).float().mean()))
                 if w is not None:
                     attention.setdefault(task, []).append(w.detach().view(-1, self.filters).mean(1))
             task_losses[task] = torch.stack(losses).mean()
+            if mod_losses:
+                modulated[task] = torch.stack(mod_losses).mean()
         if hasattr(self, "scheduler") and self.training:
             self.scheduler.observe(task_losses)
         terms, weights = self.loss_terms(task_losses)
         total = sum(terms.values())
+        # the modulators' loss under the same (constant) task weights; it reaches Psi only
+        mod_total = sum(weights[k] * v for k, v in modulated.items()) if modulated else None
+        if mod_total is not None:
+            total = total + mod_total
         penalty = self.trunk.penalty() if self.trunk is not None else None
         if penalty is not None:
             total = total + penalty
         trace = {"task_loss": {k: round(float(v.detach()), 6) for k, v in task_losses.items()},
                  "task_weight": {k: round(v, 6) for k, v in weights.items()}}
+        if modulated:
+            trace["task_loss_modulated"] = {k: round(float(v.detach()), 6) for k, v in modulated.items()}
         if attention:  # mean weight per block, per task: how far modulation moves from identity
             trace["attention_block_mean"] = {k: [round(float(x), 6) for x in torch.stack(v).mean(0)]
                                              for k, v in attention.items()}
         stats = {"trace": trace}
         if accs:
             stats["acc"] = sum(accs) / len(accs)
-        return total, stats, {"task_losses": task_losses, "terms": terms, "penalty": penalty}
+        return total, stats, {"task_losses": task_losses, "terms": terms, "penalty": penalty,
+                              "modulator": mod_total}
 
     def subtask_embeddings(self, sub: Subtask) -> tuple[Tensor, Tensor]:
         """Support and query embeddings under the subtask's channel weights (NIL metric)."""
@@ -410,7 +462,8 @@ class MultiTaskLearner(MetaLearner):
             others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
             rows = list(parts["terms"].values())
             weights = mtl_opt.aggregate_backward(rows, shared, self.aggregator)
-            torch.autograd.backward(sum(rows), inputs=others, retain_graph=parts["penalty"] is not None)
+            rest = sum(rows) if parts["modulator"] is None else sum(rows) + parts["modulator"]
+            torch.autograd.backward(rest, inputs=others, retain_graph=parts["penalty"] is not None)
             if parts["penalty"] is not None:
                 parts["penalty"].backward()
             if weights is not None:

@@ -10,9 +10,10 @@ multiplied channel-wise by (1 - w) (`modulation_hook`, through Conv4's `block_ho
 - `FeatureModulator` (AM): w = tanh(A s) with A zero-initialised, so 1 - w starts at one
   exactly and a fresh modulator leaves the network unchanged; 1 - w stays in (0, 2).
 - `ProbabilisticFeatureModulator` (P-AM): the pooled set gives a diagonal Gaussian over
-  z_w (w = tanh z_w). Training samples z_w from the posterior q(z_w | query set) and adds
-  KL[q || p] to the prior p(z_w | support set) (the ELBO; the learner's `kl_direction`
-  can take KL[p || q] instead); tests use the prior's mean.
+  z_w (w = z_w as the paper writes it, or tanh z_w: the learner's `weight_squash`).
+  Training samples z_w from the posterior q(z_w | query set) and adds a KL divergence
+  between it and the prior p(z_w | support set) (direction: the learner's `kl_direction`);
+  tests use the prior's mean.
 
 `label_encoder` turns a task's labels into vectors (a `LabelCompressor` for pixel labels,
 identity for class one-hots and vanishing points); it belongs to the modulator's
@@ -98,9 +99,11 @@ class ProbabilisticFeatureModulator(FeatureModulator):
         return torch.tanh(self.distribution(embeddings, labels)[0])
 
     @staticmethod
-    def sample(mean: Tensor, log_std: Tensor) -> Tensor:
-        """w = tanh(z), z ~ N(mean, std^2) by reparameterisation (gradients reach both)."""
-        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+    def sample(mean: Tensor, log_std: Tensor, squash: bool = True) -> Tensor:
+        """w = tanh(z) (or z itself without `squash`), z ~ N(mean, std^2) by
+        reparameterisation (gradients reach both)."""
+        z = mean + log_std.exp() * torch.randn_like(mean)
+        return torch.tanh(z) if squash else z
 
 
 def gaussian_kl(mean_q: Tensor, log_std_q: Tensor, mean_p: Tensor, log_std_p: Tensor) -> Tensor:

@@ -56,13 +56,20 @@ def _set_rng_states(ckpt: dict) -> None:
 
 
 
+def _validation(validate: Callable, learner: MetaLearner) -> tuple[float, dict | None]:
+    """validate() gives the score in %, or (score, details recorded in trace.jsonl)."""
+    out = validate(learner)
+    return out if isinstance(out, tuple) else (out, None)
+
+
 def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], tcfg: dict,
         fingerprint: str, model_dir: Path, metrics_dir: Path, device: torch.device, label: str,
         model_info: dict) -> dict:
     """The meta-training loop every experiment kind shares.
 
     `stream` draws meta-batches (`batch(n)`, checkpointable `state()`/`set_state()`),
-    `validate(learner)` is the validation accuracy in %, `model_info` is stored in model.pt
+    `validate(learner)` is the validation accuracy in % (or that and a dict of details, kept
+    in trace.jsonl under `validation`), `model_info` is stored in model.pt
     beside the best weights. Writes model.pt, checkpoint.pt and the run's metrics files.
     """
     iterations = tcfg["iterations"] if learner.trainable else 0
@@ -100,7 +107,11 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                    "val_accuracy": np.nan}
             last = it + 1 == iterations
             if (it + 1) % tcfg["val_interval"] == 0 or last:
-                row["val_accuracy"] = validate(learner)
+                row["val_accuracy"], detail = _validation(validate, learner)
+                if detail is not None:  # per-task validation (multitask): beside the iteration's trace
+                    if not traces or traces[-1]["iteration"] != it + 1:
+                        traces.append({"iteration": it + 1})
+                    traces[-1]["validation"] = detail
                 if row["val_accuracy"] > best["accuracy"]:
                     best = {"accuracy": row["val_accuracy"], "iteration": it + 1,
                             "state": copy.deepcopy(learner.state_dict())}
@@ -125,7 +136,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                                     **_rng_states(), "log": log, "best": best, "elapsed": 0.0})
 
     if best["accuracy"] < 0:  # nothing trained (e.g. pixel-nn): keep the initial weights
-        best["accuracy"] = validate(learner)
+        best["accuracy"] = _validation(validate, learner)[0]
     save_model(Path(model_dir) / "model.pt", best["state"], **model_info)
     frame = pd.DataFrame(log, columns=LOG_COLUMNS)
     with atomic_path(Path(metrics_dir) / "train_log.csv") as tmp:
