@@ -7,6 +7,7 @@ RUN = {"experiment": "{experiment}", "method": "{method}", "seed": "{seed}"}
 rule train:
     input:
         experiment_episodes,
+        run_dependencies,
     output:
         model=s(LAYOUT.model(**RUN)),
         files=[s(p) for p in LAYOUT.run_files(**RUN, names=TRAIN_FILES)],
