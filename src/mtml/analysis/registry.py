@@ -24,6 +24,7 @@ ANALYSES = Registry("analysis", {
     "optimal-attention": "mtml.analysis.multitask:optimal_attention",
     "attention-weights": "mtml.analysis.multitask:attention_weights",
     "multitask-speed": "mtml.analysis.multitask:multitask_speed",
+    "mtl-table": "mtml.analysis.mtl_table:mtl_table",
 })
 
 
