@@ -113,3 +113,23 @@ def test_mtl_table_on_a_tiny_trained_study(tmp_path, small_ops):
     assert all(r["results"]["test"]["depth"]["mse_ci95"] is not None for r in summary["methods"])
     assert "## mt: test" in (out / "table.md").read_text()
     assert (out / "pareto-mt-test.png").stat().st_size > 1000
+
+
+def test_the_mtl_overview_preset_has_its_baseline_reference_and_teacher():
+    from pathlib import Path
+
+    from mtml.analysis.mtl_table import baseline_method
+    from mtml.params import load
+    from mtml.workflow_dvc import dvc_stages
+
+    root = Path(__file__).resolve().parents[1]
+    study = load([root / "configs/mtl_overview.yaml"])
+    assert study.name == "mtl_overview" and "mtl-table" in study.analyses
+    assert baseline_method(study, "scenes-mt") == "single"
+    ref = study.run("scenes-mt", study.reference).hparams
+    assert (ref["architecture"], ref["loss_weighting"], ref["optimiser"]) == ("hard", "uncertainty", "sum")
+    layout = Layout(Path("."), study)
+    teacher = str(layout.model("scenes-mt", "single"))
+    assert teacher in dvc_stages(layout)["train.scenes-mt.hard-distill.0"]["deps"]
+    quick = load([root / "configs/mtl_overview.yaml", root / "configs/quick/mtl_overview_quick.yaml"])
+    assert quick.name == "mtl_overview_quick" and quick.methods == study.methods
