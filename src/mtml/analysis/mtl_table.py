@@ -191,9 +191,9 @@ def pareto_plot(summary: dict, split: str, path: Path) -> None:
         front = set(pareto_front({m: (p[0][ka["key"]], p[1][kb["key"]]) for m, p in points.items()},
                                  (ka["higher_is_better"], kb["higher_is_better"])))
         for i, (m, (ra, rb)) in enumerate(points.items()):
-            color = f"C{i % 10}"
+            color, marker = f"C{i % 10}", "osD^v<>"[(i // 10) % 7]  # 10 colours: markers tell methods apart
             ax.errorbar(ra[ka["key"]], rb[kb["key"]], xerr=ra.get(f"{ka['key']}_ci95") or 0,
-                        yerr=rb.get(f"{kb['key']}_ci95") or 0, fmt="o", color=color, ecolor=color, alpha=0.8,
+                        yerr=rb.get(f"{kb['key']}_ci95") or 0, fmt=marker, color=color, ecolor=color, alpha=0.8,
                         markerfacecolor=color if m in front else "white", label=m)
         for axis, t, k in (("x", a, ka), ("y", b, kb)):
             label = f"{t} {'accuracy (%)' if k['key'] == 'accuracy' else 'MSE'} ({'higher' if k['higher_is_better'] else 'lower'} is better)"
