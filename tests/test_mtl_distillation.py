@@ -176,7 +176,7 @@ def test_dvc_train_stage_of_the_student_depends_on_the_teacher_model():
 
 @pytest.mark.slow
 def test_both_front_doors_schedule_the_teacher_before_the_student(tmp_path):
-    from tests.pipeline_helpers import project_dir, run_command
+    from pipeline_helpers import project_dir, run_command
 
     root = project_dir(tmp_path / "p", copy.deepcopy(PARAMS))
     teacher, student = (f"models/default/mt/{m}/seed-0/model.pt" for m in ("teacher", "student"))
