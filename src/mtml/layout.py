@@ -107,6 +107,12 @@ class Layout:
     def checkpoint(self, experiment: str, method: str, seed=None) -> Path:
         return self.model_dir(experiment, method, seed) / "checkpoint.pt"
 
+    def dependency_models(self, experiment: str, method: str, seed=None) -> list[Path]:
+        """The models a run's training reads (its `Run.dependencies`, e.g. distillation
+        teachers): inputs of its train stage in both front doors."""
+        run = self.study.run(experiment, method, None if seed is None else int(seed))
+        return [self.model(d.experiment.name, d.method, d.seed) for d in run.dependencies]
+
     def run_dir(self, experiment: str, method: str, seed=None) -> Path:
         return self.metrics / "runs" / experiment / method / self._seed(seed)
 

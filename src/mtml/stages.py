@@ -79,6 +79,12 @@ def input_hashes(exp: Experiment, layout: Layout) -> dict:
     return {"episodes": json.loads(sources.read_text()) if sources.exists() else None}
 
 
+def file_md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
 # -- train -------------------------------------------------------------------------------------
 def init_learner(run: Run, ctx, device) -> MetaLearner:
     """The method at its seeded initialisation (the one training starts from)."""
@@ -100,10 +106,14 @@ def train(run: Run, layout: Layout, device) -> dict:
     banks = load_banks(exp, layout, exp.kind.train_datasets(exp) + [s.dataset for s, _ in val], device)
     ctx = exp.kind.context(exp, banks)
     learner = init_learner(run, ctx, device)
+    inputs = input_hashes(exp, layout)
+    if run.dependencies:  # e.g. distillation teachers, trained before this run
+        learner.attach_dependencies({d.method: load_learner(d, layout, device) for d in run.dependencies})
+        inputs["models"] = {str(p): file_md5(p) for p in layout.dependency_models(exp.name, run.method, run.seed)}
     info = {"method": run.method, "experiment": exp.name, "seed": run.seed, **ctx.info()}
     with speed.numerics(run.training, device):
         return fit(learner, training_stream(run, banks), lambda m: exp.kind.validate(exp, m, banks, val),
-                   run.training, run.fingerprint(input_hashes(exp, layout)), *layout.train_dirs(run),
+                   run.training, run.fingerprint(inputs), *layout.train_dirs(run),
                    device, run.label, info)
 
 

@@ -119,6 +119,11 @@ class Run:
         last = f"trial-{self.trial}" if self.trial is not None else f"seed-{self.seed}"
         return f"{self.experiment.name}/{self.method}/{last}"
 
+    @property
+    def dependencies(self) -> list[Run]:
+        """Runs whose models this run reads while training (trained before it)."""
+        return self.cls.run_dependencies(self)
+
     def fingerprint(self, inputs: dict) -> str:
         """What a checkpoint must match to be resumed: every setting the run depends on and
         the content of its inputs (`inputs`: the data and manifests it reads)."""

@@ -61,7 +61,9 @@ def dvc_stages(layout: Layout) -> dict:
                 outs.append({r(run_dir / name): {"cache": False}})
         stages[f"train.{e}.{m}.{k}"] = {
             "cmd": f"python -m mtml train --experiment {e} --method {m} --seed {k} --dvc",
-            "deps": [r(layout.episodes(e))] + selection, "params": run_params, "outs": outs,
+            # a run that reads other runs' models (distillation teachers) depends on them
+            "deps": [r(layout.episodes(e))] + selection + [r(p) for p in layout.dependency_models(e, m, k)],
+            "params": run_params, "outs": outs,
             "plots": [{r(run_dir / "train_log.csv"): {"cache": False, "x": "iteration", "y": "val_accuracy"}}]}
         stages[f"evaluate.{e}.{m}.{k}"] = {
             "cmd": f"python -m mtml evaluate --experiment {e} --method {m} --seed {k} --dvc",

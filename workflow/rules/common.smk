@@ -101,6 +101,11 @@ def experiment_episodes(w):
     return s(LAYOUT.episodes(w.experiment))
 
 
+# Models a run's training reads (distillation teachers): trained first.
+def run_dependencies(w):
+    return [s(p) for p in LAYOUT.dependency_models(w.experiment, w.method, w.seed)]
+
+
 # What train/evaluate read: their `params:` (workflow/rules/meta.smk), resolved (every
 # override applied), so a change of exactly these reruns a run. Its own training seed only:
 # adding a seed to `seeds` leaves the other seeds' runs alone.

@@ -8,6 +8,7 @@ rule train:
     input:
         experiment_episodes,
         run_selection,
+        run_dependencies,
     output:
         model=s(LAYOUT.model(**RUN)),
         files=[s(p) for p in LAYOUT.run_files(**RUN, names=TRAIN_FILES)],

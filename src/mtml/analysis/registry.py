@@ -26,6 +26,7 @@ ANALYSES = Registry("analysis", {
     "attention-weights": "mtml.analysis.multitask:attention_weights",
     "multitask-speed": "mtml.analysis.multitask:multitask_speed",
     "multitask-curves": "mtml.analysis.multitask:multitask_curves",
+    "mtl-table": "mtml.analysis.mtl_table:mtl_table",
 })
 
 

@@ -102,6 +102,17 @@ class MetaLearner(nn.Module):
         """Reject settings of `run` (a `mtml.study.Run`) this method cannot train with; raise
         UserError naming the params key."""
 
+    @classmethod
+    def run_dependencies(cls, run) -> list:
+        """Other runs (`mtml.study.Run`) whose trained models this run reads while training
+        (e.g. distillation teachers): both front doors train them first, and the train stage
+        hands their models to `attach_dependencies`."""
+        return []
+
+    def attach_dependencies(self, learners: dict) -> None:
+        """Receive the trained learners of `run_dependencies`, by method name."""
+        raise NotImplementedError(f"{type(self).__name__} declares no run dependencies")
+
     # Optional capabilities, declared here so callers never probe with hasattr.
     def embed_episode(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Support and query features for NIL; task-dependent features (modulated or

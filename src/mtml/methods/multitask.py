@@ -33,7 +33,9 @@ per-subtask).
 Issue 16's options: `architecture` puts a multi-task trunk (`mtml.models.mtl_trunks`) in the
 backbone's place; `loss_weighting` dwa/gradnorm/random, `optimiser` (TorchJD gradient
 aggregation on the shared trunk parameters, `train_step`) and `schedule` come from
-`mtml.multitask.optimisation`. At their defaults the learners are unchanged.
+`mtml.multitask.optimisation`. `distill` names a teacher run whose predictions (or features)
+the student is distilled from (`mtml.multitask.distillation`). At their defaults the learners
+are unchanged.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from mtml.models.attention_modulator import (
 )
 from mtml.models.conv4 import Conv4
 from mtml.models.dense_heads import ConvDecoder, LabelCompressor
+from mtml.multitask import distillation
 from mtml.multitask import optimisation as mtl_opt
 from mtml.multitask.data import Subtask
 from mtml.multitask.tasks import TASKS, TaskSpec
@@ -85,6 +88,7 @@ BASE_OPTIONS = {
     # mtml.multitask.optimisation declare their options.
     **mtl_trunks.OPTIONS,
     **mtl_opt.OPTIONS,
+    **distillation.OPTIONS,
 }
 AM_OPTIONS = {
     **BASE_OPTIONS,
@@ -216,9 +220,20 @@ class MultiTaskLearner(MetaLearner):
                             f"an experiment of kind multitask; experiment {run.experiment.name!r} is of kind "
                             f"{run.experiment.config['kind']}")
         check_hparams(run.method, run.hparams, tasks)
+        distillation.check(run, lambda k: f"params key 'methods.{run.method}.{k}'")
         if cls.adapt_backbone and run.hparams["architecture"] != "hard":
             raise UserError(f"params key 'methods.{run.method}.architecture' is {run.hparams['architecture']!r}, "
                             f"but {cls.algorithm} adapts the whole backbone per subtask; it needs architecture: hard")
+
+    @classmethod
+    def run_dependencies(cls, run):
+        """The teacher run (`distill`): same experiment and training seed."""
+        teacher = run.hparams["distill"]
+        return [run.study.run(run.experiment.name, teacher, run.seed)] if teacher is not None else []
+
+    def attach_dependencies(self, learners: dict) -> None:
+        # Not a submodule: the teacher is neither trained nor saved with the student.
+        object.__setattr__(self, "teacher", learners[self.hp["distill"]])
 
     # ------------------------------------------------------------------ pieces
 
@@ -360,20 +375,30 @@ class MultiTaskLearner(MetaLearner):
             batch = {k: batch[k] for k in self.scheduler.select(list(batch))}
         paper = self.paper_update
         steps, first_order = self.hp["inner_steps"], self.hp["first_order"]
-        task_losses, modulated, attention, accs = {}, {}, {}, []
+        task_losses, modulated, attention, accs, distilled = {}, {}, {}, [], {}
+        teacher = getattr(self, "teacher", None) if self.training else None
+
+        def with_distillation(task, sub, loss, out, w):  # the student's loss mixed with the teacher's (issue 16)
+            if teacher is None:
+                return loss
+            d = distillation.distill_loss(self, sub, out, w)
+            distilled.setdefault(task, []).append(float(d.detach()))
+            return distillation.mix(loss, d, self.hp["distill_weight"])
+
         for task, subs in batch.items():
             spec, losses, mod_losses = self.task_specs[task], [], []
             for sub in subs:
                 w, kl = self.channel_weights(sub, sample=True)
                 if paper:  # eq. 4: the unmodulated loss (backbone, heads); eq. 5: the modulated one (Psi_j)
                     plain = self.query_output(sub, None, steps, first_order)
-                    losses.append(spec.loss(plain, sub.query_y) + self.aux_loss(sub, None))
+                    losses.append(with_distillation(task, sub, spec.loss(plain, sub.query_y), plain, None)
+                                  + self.aux_loss(sub, None))
                     out = self.query_output(sub, w, steps, first_order, detach=True)
                     mod_losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl)
                 else:
                     out = self.query_output(sub, w, steps, first_order)
-                    losses.append(spec.loss(out, sub.query_y) + self.hp.get("kl_weight", 0.0) * kl
-                                  + self.aux_loss(sub, w))
+                    losses.append(with_distillation(task, sub, spec.loss(out, sub.query_y), out, w)
+                                  + self.hp.get("kl_weight", 0.0) * kl + self.aux_loss(sub, w))
                 if spec.kind == "classification":
                     accs.append(float((out.argmax(-1) == sub.query_y).float().mean()))
                 if w is not None:
@@ -396,6 +421,8 @@ class MultiTaskLearner(MetaLearner):
                  "task_weight": {k: round(v, 6) for k, v in weights.items()}}
         if modulated:
             trace["task_loss_modulated"] = {k: round(float(v.detach()), 6) for k, v in modulated.items()}
+        if distilled:
+            trace["distill_loss"] = {k: round(sum(v) / len(v), 6) for k, v in distilled.items()}
         if attention:  # mean weight per block, per task: how far modulation moves from identity
             trace["attention_block_mean"] = {k: [round(float(x), 6) for x in torch.stack(v).mean(0)]
                                              for k, v in attention.items()}

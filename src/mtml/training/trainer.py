@@ -62,6 +62,36 @@ def _validation(validate: Callable, learner: MetaLearner) -> tuple[float, dict |
     return out if isinstance(out, tuple) else (out, None)
 
 
+class StepTimer:
+    """Time and memory per iteration: seconds of the meta-updates this process ran (batch
+    sampling included, validation not), the process's peak resident memory, and on CUDA the
+    peak memory torch allocated on the device during them."""
+
+    def __init__(self, device):
+        self.device, self.seconds, self.count = torch.device(device), 0.0, 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def __enter__(self):
+        self._t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._t
+        self.count += 1
+
+    def summary(self) -> dict:
+        import resource
+
+        out = {"timed_iterations": self.count,
+               "seconds_per_iteration": round(self.seconds / self.count, 5) if self.count else None,
+               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+        if self.device.type == "cuda":
+            out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)
+        return out
+
+
 def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], tcfg: dict,
         fingerprint: str, model_dir: Path, metrics_dir: Path, device: torch.device, label: str,
         model_info: dict) -> dict:
@@ -95,12 +125,14 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
             traces = ckpt.get("traces", [])
 
     t0 = time.perf_counter() - elapsed
+    steps = StepTimer(device)
     bar, _ = progress(f"train {label}", iterations, loss="-", val="-")
     with bar:
         task = bar.add_task(f"train {label}", total=iterations, completed=start, loss="-", val="-")
         for it in range(start, iterations):
-            stats = learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
-                                       lambda: stream.batch(tcfg["meta_batch"]))
+            with steps:
+                stats = learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
+                                           lambda: stream.batch(tcfg["meta_batch"]))
             if "trace" in stats:
                 traces.append({"iteration": it + 1, **stats.pop("trace")})
             row = {"iteration": it + 1, "loss": stats["loss"], "train_accuracy": 100 * stats.get("acc", np.nan),
@@ -146,5 +178,5 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     write_json(Path(metrics_dir) / "train.json", summary)
     with atomic_path(Path(metrics_dir) / "trace.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(t, sort_keys=True) + "\n" for t in traces))
-    write_json(Path(metrics_dir) / "timing_train.json", {"train_seconds": round(train_seconds, 3)})
+    write_json(Path(metrics_dir) / "timing_train.json", {"train_seconds": round(train_seconds, 3), **steps.summary()})
     return summary
