@@ -34,7 +34,7 @@ def test_default_params_are_valid_and_defaults_filled():
     (["experiments", "glyphs-5w1s", "shots"], 0, r"experiments.glyphs-5w1s.shots"),
     (["experiments", "glyphs-5w1s", "dataset"], "omniglott", r"names dataset 'omniglott'; defined datasets: glyphs"),
     (["experiments", "glyphs-5w1s", "kind"], "fewshoot", r"kind' is 'fewshoot'; allowed: .*fewshot"),
-    (["training", "iteratons"], 5, r"'training.iteratons' is unknown; allowed: iterations"),
+    (["training", "iteratons"], 5, r"'training.iteratons' is unknown; allowed: amp, channels_last, iterations"),
     (["methods", "maml", "algorithm"], "mamll", r"methods.maml.algorithm' is 'mamll'; allowed: .*anil.*maml"),
     (["methods", "maml", "inner_lrr"], 0.1, r"methods.maml.inner_lrr' is not a maml hyperparameter; allowed: .*inner_lr"),
     (["methods", "new-method"], {}, r"methods.new-method.algorithm' is 'new-method'; allowed:"),
