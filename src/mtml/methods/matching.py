@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtml.methods.base import Episode, MetaLearner, accuracy, register
-from mtml.methods.metric import BATCH_NORM, embed_episode_sets
+from mtml.methods.base import Episode, MetaLearner, register
+from mtml.methods.metric import BATCH_NORM, embed_episode_sets, per_episode_meta_loss
 from mtml.models.conv4 import Conv4
 from mtml.options import Option
 
@@ -101,12 +101,7 @@ class MatchingNet(MetaLearner):
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
     def meta_loss(self, batch):
-        losses, accs = [], []
-        for ep in batch:
-            logits = self.logits(ep)
-            losses.append(nn.functional.nll_loss(logits, ep.query_y))
-            accs.append(accuracy(logits, ep.query_y))
-        return torch.stack(losses).mean(), {"acc": float(torch.stack(accs).mean())}
+        return per_episode_meta_loss(self, batch, nn.functional.nll_loss)
 
     def predict(self, episode):
         return self.logits(episode)

@@ -38,6 +38,17 @@ def embed_episode_sets(backbone, hp: dict, support_x: Tensor, query_x: Tensor) -
     return backbone(support_x), backbone(query_x)
 
 
+def per_episode_meta_loss(learner: MetaLearner, batch, loss_fn) -> tuple[Tensor, dict]:
+    """Mean query loss (`loss_fn(learner.logits(ep), ep.query_y)`) and accuracy over the
+    meta-batch, one episode after another."""
+    losses, accs = [], []
+    for ep in batch:
+        logits = learner.logits(ep)
+        losses.append(loss_fn(logits, ep.query_y))
+        accs.append(accuracy(logits, ep.query_y))
+    return torch.stack(losses).mean(), {"acc": float(torch.stack(accs).mean())}
+
+
 @register("protonet")
 class ProtoNet(MetaLearner):
     any_ways = True
@@ -63,12 +74,7 @@ class ProtoNet(MetaLearner):
 
             if parallel.family(self) == "metric":
                 return parallel.meta_loss(self, batch)
-        losses, accs = [], []
-        for ep in batch:
-            logits = self.logits(ep)
-            losses.append(torch.nn.functional.cross_entropy(logits, ep.query_y))
-            accs.append(accuracy(logits, ep.query_y))
-        return torch.stack(losses).mean(), {"acc": float(torch.stack(accs).mean())}
+        return per_episode_meta_loss(self, batch, torch.nn.functional.cross_entropy)
 
     def predict(self, episode):
         return self.logits(episode)
