@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from mtml.benchmark import interleaved, random_episode, random_training
+from mtml.benchmark import device_info, interleaved, random_episode, random_training
 from mtml.errors import UserError
 from mtml.methods.base import LearnerContext, build_learner
 from mtml.methods.parallel import EpisodeBatch, batch_outputs, resolve_task_parallel
@@ -78,7 +78,7 @@ def against_learn2learn(study, experiment: str, repeats: int = 5, iterations: in
     runs = [study.run(experiment, m) for m in study.methods]
     rows = [_compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device)
             for run in runs if run.cls.algorithm in ALGORITHMS]
-    return {"device": str(device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {**device_info(device),
             "learn2learn": l2l.__version__,
             "setting": {"experiment": experiment, "ways": ways, "shots": shots, "queries": queries,
                         "image_shape": list(shape), "meta_batch": size, "repeats": repeats,

@@ -20,6 +20,13 @@ from mtml.methods.parallel import resolve_task_parallel
 from mtml.utils import resolve_device
 
 
+def device_info(device: torch.device) -> dict:
+    """What every benchmark result records about where it ran."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(device), "device_name": name, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -152,9 +159,7 @@ def benchmark(study, layout, experiment: str, iterations: int = 10, episodes: in
         rows.append({"method": name, **time_method(learner, stream, exp.kind.tasks_of, batch_size, device,
                                                    iterations, episodes)})
     return {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        **device_info(device),
         "setting": {"experiment": experiment, "kind": exp.kind.name, "ways": exp.ways, "shots": exp.shots,
                     "queries": exp.queries, "image_shape": list(ctx.image_shape), "meta_batch": batch_size},
         "rows": rows,
@@ -285,8 +290,7 @@ def compare(study, experiment: str, repeats: int = 5, iterations: int = 3, episo
             row[f"eval_batch{n}_over_loop"] = round(loop["wall"] / t["wall"], 3)
             row[f"eval_batch{n}_over_loop_cpu_time"] = round(loop["cpu"] / t["cpu"], 3)
         rows.append(row)
-    return {"device": str(device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+    return {**device_info(device),
             "setting": {"experiment": experiment, "ways": ways, "shots": shots, "queries": queries,
                         "image_shape": list(shape), "meta_batch": size, "repeats": repeats,
                         "train_iterations_per_call": iterations, "eval_episodes_per_call": episodes,
