@@ -47,7 +47,8 @@ def _subtasks(mean: float, scale: float, method: str) -> np.ndarray:
     return mean + scale * (SHARED + own - own.mean())
 
 
-def _write_run(layout, meth, cls, depth_mse, depth_acc, rss=100.0):
+def _write_run(layout, meth, cls, depth_mse, depth_acc, rss=100.0, seed=None):
+    """A run's details.json, timing_train.json and (of training seed `seed`) episodes.csv."""
     episodes = pd.DataFrame(
         [{"split": "test", "dataset": "scenes", "task": "classification", "episode": e, "environment": f"e{e % 2}",
           "accuracy": a, "nil_accuracy": a, "mse": None, "paper_acc": None}
@@ -55,8 +56,8 @@ def _write_run(layout, meth, cls, depth_mse, depth_acc, rss=100.0):
         + [{"split": "test", "dataset": "scenes", "task": "depth", "episode": e, "environment": f"e{e % 2}",
             "accuracy": a, "nil_accuracy": None, "mse": m, "paper_acc": 0.0}
            for e, (a, m) in enumerate(zip(_subtasks(depth_acc, 5.0, meth), _subtasks(depth_mse[0], 0.02, meth)))])
-    layout.run_dir("mt", meth).mkdir(parents=True, exist_ok=True)
-    episodes.to_csv(layout.run_dir("mt", meth) / "episodes.csv", index=False)
+    layout.run_dir("mt", meth, seed).mkdir(parents=True, exist_ok=True)
+    episodes.to_csv(layout.run_dir("mt", meth, seed) / "episodes.csv", index=False)
     rows = [{"split": "test", "dataset": "scenes", "task": "classification", "environment": "all", "subtasks": 10,
              "accuracy": cls[0], "accuracy_ci95": cls[1], "mse": None, "mse_ci95": None},
             {"split": "test", "dataset": "scenes", "task": "depth", "environment": "all", "subtasks": 10,
@@ -196,6 +197,33 @@ def test_delta_mtl_ci_is_none_for_a_zero_baseline_and_without_ci_when_a_resample
     rare = {**a, "classification": np.array([[0.0, 0.0, 0.0, 40.0]])}  # many resamples miss the one non-zero
     r = _interval(a, rare, 0)
     assert r["estimate"] is not None and r["ci_low"] is None and r["p"] is None
+
+
+def test_delta_mtl_ci_reads_every_training_seed(tmp_path):
+    from mtml.analysis.mtl_metrics import delta_mtl
+
+    study = _study({**PARAMS, "seeds": [0, 1]})
+    layout = Layout(tmp_path, study)
+    # seed 1: the baseline's accuracy and the hard-uncertainty's MSE higher (details.json: seed 0's, written last)
+    for seed, shift in ((1, 2.0), (None, 0.0)):
+        _write_run(layout, "single", (50.0 + shift, 2.0), (0.20, 0.01), 40.0, seed=seed)
+        _write_run(layout, "hard-uncertainty", (55.0, 2.0), (0.18 + shift / 100, 0.01), 44.0, seed=seed)
+        _write_run(layout, "mmoe-pcgrad", (60.0, 1.0), (0.22, 0.01), 30.0, seed=seed)
+    out = tmp_path / "out"
+    out.mkdir()
+    mtl_table(study, layout, out)
+    (summary,) = json.loads((out / "table.json").read_text())
+    row = next(r for r in summary["methods"] if r["method"] == "hard-uncertainty")
+    ci = row["delta_mtl_ci"]["test"]
+    # the columns (delta_mtl) are seed 0's; the CI's estimate the mean over both seeds
+    assert ci["seeds"] == 2 and row["delta_mtl"]["test"] == pytest.approx(10.0)
+    assert ci["estimate"] == pytest.approx(delta_mtl({"classification": 55.0, "depth": 0.19},
+                                                     {"classification": 51.0, "depth": 0.20},
+                                                     {"classification": True, "depth": False}))
+    assert ci["ci_low"] <= ci["estimate"] <= ci["ci_high"]
+    (layout.run_dir("mt", "mmoe-pcgrad", 1) / "episodes.csv").unlink()
+    with pytest.raises(UserError, match="seed-1/episodes.csv is missing; run the evaluate stage of mt/mmoe-pcgrad seed 1"):
+        mtl_table(study, layout, out)
 
 
 def test_without_a_single_task_method_the_error_names_the_fix(tmp_path):
