@@ -354,3 +354,44 @@ def test_writers_produce_markdown_json_and_a_forest_plot(tmp_path):
     assert "| maml | protonet |" in md and table.iloc[0]["verdict"] in md
     C.forest_plot(table, tmp_path / "forest.png")
     assert (tmp_path / "forest.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- several matrices (Delta-MTL)
+
+def test_variance_components_of_a_sum_reduce_to_one_matrix_and_match_simulated_sums():
+    rng = np.random.default_rng(11)
+    for seeds in (1, 3):
+        x, _ = simulate(rng, seeds=seeds, episodes=80)
+        np.testing.assert_allclose(C.variance_components_of_sum([x]), C.variance_components(x), rtol=1e-10)
+    # Two tasks on the same trained models (a seed effect shared by both, plus one of each task's
+    # own) and their own episodes: the estimate of var(mean_1 + mean_2) against 1000 simulated sums.
+    sums, estimates = [], []
+    for _ in range(1000):
+        shared = rng.normal(0, 1.5, size=(3, 1))
+        a = simulate(rng, seeds=3, episodes=100, seed_sd=1.0)[0] + shared
+        b = simulate(rng, seeds=3, episodes=60, seed_sd=1.0)[0] + shared
+        sums.append(a.mean() + b.mean())
+        estimates.append(sum(C.variance_components_of_sum([a, b])[:2]))
+    assert np.mean(estimates) == pytest.approx(np.var(sums, ddof=1), rel=0.10)
+
+
+def test_joint_bootstrap_equals_a_plain_resampling_loop():
+    # Two blocks (two methods each) with 40 and 25 episodes, 3 seeds: one seed draw for all, one
+    # episode draw per block, the seed deviations of every matrix scaled by 0.7.
+    rng = np.random.default_rng(12)
+    blocks = [rng.uniform(0, 100, size=(2, 3, 40)), rng.uniform(0, 1, size=(2, 3, 25))]
+    fast = C.joint_hierarchical_bootstrap(blocks, np.random.default_rng(9), 30, seed_scale=0.7)
+    draw = np.random.default_rng(9)
+    c = C.draw_counts(draw, 3, 30)
+    w = [C.draw_counts(draw, b.shape[2], 30) for b in blocks]
+    for b, wb, reps in zip(blocks, w, fast):
+        for x, rx in zip(b, reps):
+            m, g = x.mean(axis=1, keepdims=True), x.mean()
+            adjusted = x - m + g + 0.7 * (m - g)
+            plain = [adjusted[np.ix_(np.repeat(np.arange(3), c[r]), np.repeat(np.arange(x.shape[1]), wb[r]))].mean()
+                     for r in range(30)]
+            np.testing.assert_allclose(rx, plain, rtol=1e-12)
+    # one matrix without a scale: the plain hierarchical bootstrap of one seed
+    x = blocks[0][0, :1]
+    np.testing.assert_array_equal(C.joint_hierarchical_bootstrap([x[None]], np.random.default_rng(3), 50, None)[0][0],
+                                  C.hierarchical_bootstrap(x, np.random.default_rng(3), 50))

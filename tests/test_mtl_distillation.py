@@ -215,3 +215,53 @@ def test_the_train_stage_distills_from_the_trained_teacher(tmp_path):
     # the student's model holds the student alone, and evaluates without its teacher
     rows = stages.evaluate(student, layout, torch.device("cpu"))
     assert rows and all(0 <= r["accuracy"] <= 100 for r in rows)
+
+
+@pytest.mark.slow
+def test_the_train_stage_distills_features_from_the_trained_teacher(tmp_path):
+    """distill_target: features end to end: a tiny teacher and student trained by the stages;
+    on one batch the trained student's loss is (1 - alpha) x its loss at distill_weight 0 plus
+    alpha x the mean squared difference of the two models' query embeddings, written out."""
+    import json
+
+    from mtml import stages
+    from mtml.layout import EVAL_FILES, TRAIN_FILES, Layout
+
+    p = copy.deepcopy(PARAMS)
+    p["training"].update(iterations=4, val_interval=4)
+    p["evaluation"]["episodes"] = 2
+    p["methods"]["student"]["distill_target"] = "features"
+    from mtml.params import study as make_study
+
+    study = make_study(p)
+    layout = Layout(tmp_path, study)
+    stages.prepare(study, layout, "scenes")
+    stages.build_episodes(study, layout, "mt")
+    teacher_run, student_run = study.run("mt", "teacher"), study.run("mt", "student")
+    stages.train(teacher_run, layout, torch.device("cpu"))
+    stages.train(student_run, layout, torch.device("cpu"))
+    stages.evaluate(student_run, layout, torch.device("cpu"))
+    run_dir = layout.run_dir("mt", "student")
+    assert all((run_dir / f).stat().st_size > 0 for f in TRAIN_FILES + EVAL_FILES)
+    assert layout.model("mt", "student").exists()
+    traces = [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+    assert len(traces) == 4 and all(v > 0 for t in traces for v in t["distill_loss"].values())
+    assert all(set(t["distill_loss"]) == set(TASK_NAMES) for t in traces)
+
+    student = stages.load_learner(student_run, layout, torch.device("cpu")).train()
+    teacher = stages.load_learner(teacher_run, layout, torch.device("cpu"))
+    student.attach_dependencies({"teacher": teacher})
+    alpha = student.hp["distill_weight"]
+    assert student.hp["distill_target"] == "features" and 0 < alpha < 1
+    subs = _subtasks(3)  # one subtask per task
+    with torch.no_grad():
+        _, stats, mixed = student.meta_loss_terms(subs)
+        feature_term = {t: float(((student.subtask_embeddings(s[0])[1] - teacher.subtask_embeddings(s[0])[1]) ** 2)
+                                 .mean()) for t, s in subs.items()}
+        student.hp["distill_weight"] = 0.0
+        _, _, plain = student.meta_loss_terms(subs)
+    for t in TASK_NAMES:
+        assert feature_term[t] > 1e-6 and stats["trace"]["distill_loss"][t] == pytest.approx(feature_term[t], rel=1e-4)
+        m, q = float(mixed["task_losses"][t]), float(plain["task_losses"][t])
+        assert m != pytest.approx(q, rel=1e-3)
+        assert m == pytest.approx((1 - alpha) * q + alpha * feature_term[t], rel=1e-5)

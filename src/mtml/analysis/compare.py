@@ -215,14 +215,17 @@ def variance_components(x: np.ndarray) -> tuple[float, float, float]:
     return v_seed, v_ep, df
 
 
+def draw_counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+    """How often each of n units is drawn [resamples, n] when n are drawn with replacement
+    (multinomial counts)."""
+    draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
+    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
+
+
 def bootstrap_counts(rng: np.random.Generator, seeds: int, episodes: int, resamples: int):
     """How often each seed [resamples, seeds] and each episode [resamples, episodes] is drawn
     in each resample (drawing with replacement = multinomial counts)."""
-    def counts(n):
-        draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
-        return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
-
-    return counts(seeds), counts(episodes)
+    return draw_counts(rng, seeds, resamples), draw_counts(rng, episodes, resamples)
 
 
 def hierarchical_bootstrap(x: np.ndarray, rng: np.random.Generator, resamples: int = 2000) -> np.ndarray:
@@ -238,18 +241,85 @@ def hierarchical_bootstrap(x: np.ndarray, rng: np.random.Generator, resamples: i
     one matrix product for all replicates (reference loop: tests/test_compare.py)."""
     x = np.asarray(x, dtype=np.float64)
     S, E = x.shape
+    k = None
     if S > 1:
         m = x.mean(axis=1, keepdims=True)
         g = x.mean()
         raw = float(((m - g) ** 2).sum()) / S ** 2  # bootstrap variance of the raw seed part
         k = math.sqrt(variance_components(x)[0] / raw) if raw > 0 else 0.0
-        x = x - m + g + k * (m - g)
-    out = np.empty(resamples)
-    block = max(1, 2_000_000 // (S * E + E))  # caps the memory of one block of draws
-    for start in range(0, resamples, block):
-        c, w = bootstrap_counts(rng, S, E, min(block, resamples - start))
-        out[start:start + len(c)] = ((c @ x) * w).sum(axis=1) / (S * E)
-    return out
+    return joint_hierarchical_bootstrap([x[None]], rng, resamples, k)[0][0]
+
+
+def joint_hierarchical_bootstrap(blocks: list[np.ndarray], rng: np.random.Generator, resamples: int,
+                                 seed_scale: float | None) -> list[np.ndarray]:
+    """`hierarchical_bootstrap` of several matrices at once, for a statistic of their grand means
+    (mtml.analysis.mtl_metrics.delta_mtl_interval). A block [K, seeds, episodes] holds K
+    matrices on the same episodes (two methods on one task's subtasks): one episode draw per
+    block, shared by its K matrices, so they stay paired; one seed draw shared by every block
+    (the same trained models). Blocks may have different numbers of episodes, drawn
+    independently. Each matrix's seed deviations from its grand mean are multiplied by
+    `seed_scale` (None: left as they are), the caller's rescaling to the seed variance component
+    of the statistic. Returns per block its replicates [K, resamples]."""
+    blocks = [np.asarray(b, dtype=np.float64) for b in blocks]
+    S = blocks[0].shape[1]
+    if any(b.ndim != 3 or b.shape[1] != S for b in blocks):
+        raise ValueError("every block must be [matrices, seeds, episodes] with the same seeds")
+    if seed_scale is not None and S > 1:
+        scaled = []
+        for b in blocks:
+            out = np.empty_like(b)
+            for i, x in enumerate(b):
+                m = x.mean(axis=1, keepdims=True)
+                g = x.mean()
+                out[i] = x - m + g + seed_scale * (m - g)
+            scaled.append(out)
+        blocks = scaled
+    reps = [np.empty((len(b), resamples)) for b in blocks]
+    E_all = sum(b.shape[2] for b in blocks)
+    chunk = max(1, 2_000_000 // (S * E_all + E_all))  # caps the memory of one chunk of draws
+    for start in range(0, resamples, chunk):
+        n = min(chunk, resamples - start)
+        c = draw_counts(rng, S, n)
+        for b, out in zip(blocks, reps):
+            E = b.shape[2]
+            w = draw_counts(rng, E, n)
+            for i, x in enumerate(b):
+                out[i, start:start + n] = ((c @ x) * w).sum(axis=1) / (S * E)
+    return reps
+
+
+def variance_components_of_sum(mats: list[np.ndarray]) -> tuple[float, float, float]:
+    """`variance_components` of the sum of the grand means of several matrices [seeds, E_t]
+    with the same seeds (one trained model per seed) and independent episode sets (one per
+    high-level task): with M_s = sum_t m_t,s the summed seed means,
+    A = sum_s (M_s - mean M)^2 / (S - 1) and B = sum_t MS_R,t / E_t (the cell noise in A),
+    v_seed = max(0, A - B) / S and v_episode = sum_t MS_E,t / (S E_t); df by
+    Welch-Satterthwaite over A, every MS_R,t and every MS_E,t. With one matrix this is
+    `variance_components` (kept as it is, so stored tables do not move; tests check the two
+    agree)."""
+    mats = [np.asarray(x, dtype=np.float64) for x in mats]
+    S = mats[0].shape[0]
+    v_ep, denom_ep, B, denom_r = 0.0, 0.0, 0.0, 0.0
+    for x in mats:
+        E = x.shape[1]
+        g, m, c = x.mean(), x.mean(axis=1), x.mean(axis=0)
+        v = S * float(((c - g) ** 2).sum()) / (E - 1) / (S * E)
+        v_ep += v
+        denom_ep += v ** 2 / (E - 1)
+        if S > 1:
+            ms_r = float(((x - m[:, None] - c[None, :] + g) ** 2).sum()) / ((S - 1) * (E - 1))
+            B += ms_r / E
+            denom_r += (ms_r / (S * E)) ** 2 / ((S - 1) * (E - 1))
+    fallback = (0.0, v_ep, v_ep ** 2 / denom_ep if denom_ep > 0 else math.inf)
+    if S == 1:
+        return fallback
+    M = sum(x.mean(axis=1) for x in mats)
+    A = float(((M - M.mean()) ** 2).sum()) / (S - 1)
+    if A <= B:  # no detectable seed variance: the component is truncated at 0
+        return fallback
+    v_seed = (A - B) / S
+    denom = (A / S) ** 2 / (S - 1) + denom_r + denom_ep
+    return v_seed, v_ep, (v_seed + v_ep) ** 2 / denom if denom > 0 else math.inf
 
 
 def combined_interval(x: np.ndarray, rng: np.random.Generator, resamples: int = 2000,
@@ -263,12 +333,19 @@ def combined_interval(x: np.ndarray, rng: np.random.Generator, resamples: int = 
     one seed or many, df is large and the two agree. The interval is clipped to `bounds`, the
     range the mean can take (accuracy 0-100; -100-100 for differences): with 2 seeds df is near
     1 and t(0.975, 1) = 12.7 would reach far outside it."""
-    if interval not in ("expanded", "percentile"):
-        raise UserError(f"interval {interval!r} is unknown; allowed: expanded, percentile")
     g = float(np.mean(x))
     reps = hierarchical_bootstrap(x, rng, resamples)
-    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     _, _, df = variance_components(np.asarray(x, dtype=np.float64))
+    return interval_from_replicates(g, reps, df, alpha, interval, bounds)
+
+
+def interval_from_replicates(g: float, reps: np.ndarray, df: float, alpha: float = 0.05,
+                             interval: str = "expanded", bounds=(-math.inf, math.inf)) -> dict:
+    """`combined_interval`'s CI and p from a point estimate g, its bootstrap replicates and the
+    degrees of freedom of its variance."""
+    if interval not in ("expanded", "percentile"):
+        raise UserError(f"interval {interval!r} is unknown; allowed: expanded, percentile")
+    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     if interval == "expanded":
         k = stats.t.ppf(1 - alpha / 2, df) / stats.norm.ppf(1 - alpha / 2)
         lo, hi = g - k * (g - lo), g + k * (hi - g)

@@ -6,7 +6,10 @@ metric with its 95% CI over subtasks (classification: query accuracy in %, highe
 depth, normals, vanishing points: MSE in the label's units, lower is better; from the run's
 details.json); Delta-MTL (Maninis et al. 2019, `mtml.analysis.mtl_metrics.delta_mtl`) of
 those metrics against the single-task baseline, and Delta-MTL of "Acc" (every task's share
-within its threshold, higher is better); time and memory per training iteration (the run's
+within its threshold, higher is better), each with a 95% CI over training seeds and test
+subtasks (`mtl_metrics.delta_mtl_interval` on every seed's episodes.csv: the methods share
+the seeds and subtasks, so the bootstrap keeps them paired) and a verdict whether it differs
+from 0 (Holm-adjusted across the table); time and memory per training iteration (the run's
 timing_train.json); and the tasks on which the method beats the reference (hard sharing with
 uncertainty weighting, when the study has it) with non-overlapping 95% CIs.
 
@@ -24,7 +27,11 @@ import json
 import math
 from pathlib import Path
 
-from mtml.analysis.mtl_metrics import delta_mtl
+import numpy as np
+import pandas as pd
+
+from mtml.analysis.compare import _rng, holm, verdicts
+from mtml.analysis.mtl_metrics import delta_mtl, delta_mtl_interval
 from mtml.errors import UserError
 from mtml.utils import atomic_path, write_json, write_text
 
@@ -59,6 +66,50 @@ def method_results(study, layout, exp: str, meth: str) -> dict:
     return {"method": meth, "algorithm": run.cls.algorithm, "filters": run.hparams.get("filters"),
             **{k: run.hparams.get(k) for k in SETTINGS}, **{k: timing.get(k) for k in TIMING},
             "results": results}
+
+
+def subtask_matrices(study, layout, exp: str, meth: str) -> dict:
+    """split -> task -> metric -> [seeds x subtasks] frame (index: training seed, columns: the
+    manifest's episode ids) from every seed's episodes.csv; only subtasks every seed has."""
+    frames = []
+    for seed in study.seeds:
+        path = layout.run_dir(exp, meth, seed) / "episodes.csv"
+        if not path.exists():
+            raise UserError(f"{path} is missing; run the evaluate stage of {exp}/{meth} seed {seed} first")
+        frames.append(pd.read_csv(path).assign(seed=str(seed)))
+    rows = pd.concat(frames, ignore_index=True)
+    out: dict = {}
+    for (split, dataset, task), g in rows.groupby(["split", "dataset", "task"], sort=False):
+        key = split if split == "test" else f"{split}:{dataset}"
+        out.setdefault(key, {})[task] = {m: g.pivot(index="seed", columns="episode", values=m).dropna(axis=1)
+                                         for m in ("accuracy", "mse") if g[m].notna().any()}
+    return out
+
+
+def _paired(a, b, where: str) -> tuple[np.ndarray, np.ndarray]:
+    seeds, subtasks = a.index.intersection(b.index), a.columns.intersection(b.columns)
+    if len(seeds) == 0 or len(subtasks) < 2:
+        raise UserError(f"{where}: the method and the baseline share {len(seeds)} training seeds and "
+                        f"{len(subtasks)} test subtasks; evaluate both on the same manifests and `seeds`")
+    return a.loc[seeds, subtasks].to_numpy(np.float64), b.loc[seeds, subtasks].to_numpy(np.float64)
+
+
+def delta_intervals(mats: dict, base: dict, metric: dict, higher: dict, rng, where: str) -> dict | None:
+    """`delta_mtl_interval` of one method against the baseline on one split; metric: task -> column."""
+    pairs = {t: _paired(mats[t][metric[t]], base[t][metric[t]], f"{where} {t}") for t in higher}
+    return delta_mtl_interval({t: p[0] for t, p in pairs.items()}, {t: p[1] for t, p in pairs.items()}, higher, rng)
+
+
+def _holm_verdicts(summaries: list[dict], field: str, alpha: float = 0.05) -> None:
+    """p_holm and verdict (better / worse / no detectable difference) of every CI in the table."""
+    cis = [ci for s in summaries for r in s["methods"] for ci in r[field].values() if ci is not None]
+    tested = [ci for ci in cis if ci["p"] is not None]
+    adjusted = holm([ci["p"] for ci in tested])
+    for ci, p, v in zip(tested, adjusted, verdicts([ci["estimate"] for ci in tested], adjusted, alpha)):
+        ci["p_holm"], ci["verdict"] = float(p), str(v)
+    for ci in cis:
+        ci.setdefault("p_holm", None)
+        ci.setdefault("verdict", None)
 
 
 def baseline_method(study, exp: str) -> str:
@@ -105,9 +156,20 @@ def summarise(study, layout, exp: str) -> dict:
     base = baseline_method(study, exp)
     ref = reference_method(rows)
     by_name = {r["method"]: r for r in rows}
+    mats = {m: subtask_matrices(study, layout, exp, m) for m in study.methods}
+    higher = {t: h for t, (_, h) in kinds.items()}
     for r in rows:
         r["delta_mtl"], r["delta_mtl_acc"], r["beats_reference"] = {}, {}, {}
+        r["delta_mtl_ci"], r["delta_mtl_acc_ci"] = {}, {}
         for split, res in r["results"].items():
+            if r["method"] != base:
+                where = f"{exp}/{r['method']} vs {base} {split}"
+                r["delta_mtl_ci"][split] = delta_intervals(
+                    mats[r["method"]][split], mats[base][split], {t: k for t, (k, _) in kinds.items()}, higher,
+                    _rng(0, exp, split, r["method"], "delta_mtl"), where)
+                r["delta_mtl_acc_ci"][split] = delta_intervals(
+                    mats[r["method"]][split], mats[base][split], {t: "accuracy" for t in kinds},
+                    {t: True for t in kinds}, _rng(0, exp, split, r["method"], "delta_mtl_acc"), where)
             single = by_name[base]["results"][split]
             r["delta_mtl"][split] = _delta({t: res[t][kinds[t][0]] for t in kinds},
                                            {t: single[t][kinds[t][0]] for t in kinds},
@@ -134,6 +196,18 @@ def _signed(x) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
+def _delta_cells(r: dict, split: str, field: str, baseline: bool) -> str:
+    """'estimate [ci_low, ci_high] | verdict' of a Delta-MTL / Delta-Acc column pair."""
+    if baseline:
+        return "0 (baseline) | -"
+    ci = r[f"{field}_ci"].get(split)
+    if ci is None:
+        return f"{_signed(r[field][split])} | -"
+    if ci["ci_low"] is None:
+        return f"{_signed(ci['estimate'])} [no CI: a resampled baseline mean is 0] | -"
+    return f"{_signed(ci['estimate'])} [{_signed(ci['ci_low'])}, {_signed(ci['ci_high'])}] | {ci['verdict']}"
+
+
 def _cell(res: dict, key: str) -> str:
     digits = 1 if key == "accuracy" else 4
     ci = res.get(f"{key}_ci95")
@@ -145,7 +219,10 @@ def markdown(summaries: list[dict]) -> str:
              "Per task the test metric ± its 95% CI over subtasks (classification: accuracy in %, higher is "
              "better; other tasks: MSE in the label's units, lower is better). Delta-MTL (Maninis et al. 2019): "
              "the mean relative change in % of those metrics against the single-task baseline (positive: "
-             "better); Delta-Acc: the same for every task's Acc (share within its threshold). s/it, RSS: "
+             "better); Delta-Acc: the same for every task's Acc (share within its threshold). Both from every "
+             "training seed's per-subtask rows, with a 95% CI (hierarchical bootstrap over seeds and subtasks, "
+             "paired with the baseline) and `vs 0`: better / worse than the baseline when the Holm-adjusted p "
+             "over the table's rows is below 0.05, else no detectable difference. s/it, RSS: "
              "seconds per training iteration and peak resident memory (MiB) of the train stage. "
              "`beats ref`: tasks on which the method beats the reference (hard sharing, uncertainty "
              "weighting) with the two 95% CIs apart. `*`: on the Pareto front of all tasks' metrics.", ""]
@@ -155,8 +232,9 @@ def markdown(summaries: list[dict]) -> str:
         for split in s["splits"]:
             lines += [f"## {s['experiment']}: {split}", "",
                       "| method | architecture | optimiser | loss weighting | schedule | distill | "
-                      + " | ".join(tasks) + " | Delta-MTL % | Delta-Acc % | s/it | RSS | beats ref |",
-                      "|---" * (6 + len(tasks) + 5) + "|"]
+                      + " | ".join(tasks) + " | Delta-MTL % [95% CI] | vs 0 | Delta-Acc % [95% CI] | vs 0 | "
+                      "s/it | RSS | beats ref |",
+                      "|---" * (6 + len(tasks) + 7) + "|"]
             for r in s["methods"]:
                 res = r["results"][split]
                 star = "*" if r["method"] in s["pareto_front"][split] else ""
@@ -168,8 +246,9 @@ def markdown(summaries: list[dict]) -> str:
                 lines.append(f"| {name} | {arch} | {r['optimiser']} | {r['loss_weighting']} | {r['schedule']} | "
                              f"{r['distill'] or '-'} | "
                              + " | ".join(_cell(res[t], s["metrics"][t]["key"]) for t in tasks)
-                             + f" | {_signed(r['delta_mtl'][split])} | {_signed(r['delta_mtl_acc'][split])} | "
-                             f"{_fmt(r['seconds_per_iteration'], 3)} | {_fmt(r['peak_rss_mib'], 0)} | {beats} |")
+                             + "".join(f" | {_delta_cells(r, split, f, r['method'] == s['baseline'])}"
+                                       for f in ("delta_mtl", "delta_mtl_acc"))
+                             + f" | {_fmt(r['seconds_per_iteration'], 3)} | {_fmt(r['peak_rss_mib'], 0)} | {beats} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -217,6 +296,8 @@ def mtl_table(study, layout, out_dir: Path) -> None:
     if not exps:
         raise UserError("analysis 'mtl-table' needs an experiment of kind multitask in params 'experiments'")
     summaries = [summarise(study, layout, e) for e in exps]
+    for field in ("delta_mtl_ci", "delta_mtl_acc_ci"):
+        _holm_verdicts(summaries, field)
     write_json(out_dir / "table.json", summaries)
     write_text(out_dir / "table.md", markdown(summaries))
     for s in summaries:
