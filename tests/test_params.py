@@ -54,8 +54,9 @@ def test_bad_params_name_the_key(path, value, pattern):
 
 
 def test_seeds_default_to_the_data_seed_and_each_run_gets_one():
-    one = study(DEFAULT)
+    one = study({k: v for k, v in DEFAULT.items() if k != "seeds"})  # no `seeds`: [seed]
     assert one.seeds == [one.seed] and {r.seed for r in one.runs()} == {one.seed}
+    assert study(DEFAULT).seeds == [0, 1, 2]  # the embedded default trains three seeds
     three = study({**DEFAULT, "seeds": [0, 1, 2]})
     runs = three.runs()
     assert len(runs) == 3 * len(one.runs()) and [r.seed for r in runs[:3]] == [0, 1, 2]
