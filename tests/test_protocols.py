@@ -153,6 +153,63 @@ def test_nil_samples_and_means_agree_at_one_shot_and_differ_at_five():
                           torch.stack([w0, w1])[None] / (w0 + w1), atol=1e-6)
 
 
+def _nil_case():
+    """The 5-shot case above as an episode whose images are the features (pixel-nn embeds by
+    flattening), with a second query (class 1, at its samples) both forms get right: NIL
+    accuracy 100% with class means, 50% with support samples."""
+    support = torch.tensor([[1.0, 0.0]] * 3 + [[-1.0, 0.0]] * 2 + [[0.6, 0.8]] * 5)
+    query = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    y = torch.arange(2)
+    ep = Episode(support[:, None, None], y.repeat_interleave(5), query[:, None, None], y, 2)
+    manifest = pd.DataFrame({"episode": 0, "role": ["support"] * 10 + ["query"] * 2,
+                             "label": [0] * 5 + [1] * 5 + [0, 1], "item": range(12)})
+    return ep, manifest
+
+
+@pytest.mark.parametrize("mode, expected", [("means", 100.0), ("samples", 50.0), (None, 100.0)])
+def test_multimodal_kind_scores_nil_in_the_evaluation_nil_form(monkeypatch, mode, expected):
+    from types import SimpleNamespace
+
+    import mtml.evaluation.evaluate as evaluate
+    from mtml.kinds.multimodal import Multimodal
+
+    ep, manifest = _nil_case()
+    monkeypatch.setattr(evaluate, "manifest_episodes", lambda bank, m: iter([(0, ep)]))
+    evaluation = {"episode_batch": 1} | ({"nil": mode} if mode else {})  # absent: means
+    exp = SimpleNamespace(evaluation=evaluation)
+    bank = SimpleNamespace(image_shape=(1, 1, 2), device=torch.device("cpu"))
+    frame = Multimodal().score(exp, build("pixel-nn", {}, (1, 1, 2), 2), bank, None, manifest, "t")
+    assert frame["nil_accuracy"].tolist() == [expected]
+
+
+@pytest.mark.parametrize("mode, expected", [("means", 100.0), ("samples", 50.0), (None, 100.0)])
+def test_multitask_kind_scores_classification_nil_in_the_evaluation_nil_form(monkeypatch, mode, expected):
+    from types import SimpleNamespace
+
+    import mtml.multitask.scoring as scoring
+    from mtml.kinds.multitask import Multitask
+    from mtml.multitask.data import Subtask
+    from mtml.multitask.tasks import TASKS
+
+    ep, manifest = _nil_case()
+    sub = Subtask("classification", ep.support_x, ep.support_y, ep.query_x, ep.query_y, "env", 2)
+    monkeypatch.setattr(scoring, "manifest_subtasks", lambda bank, task, m: iter([(0, sub)]))
+
+    class Features(nn.Module):  # the subtask's images are its embeddings; predicts class 0
+        def predict(self, s):
+            return torch.tensor([[1.0, 0.0]]).expand(len(s.query_y), 2)
+
+        def subtask_embeddings(self, s):
+            return s.support_x.flatten(1), s.query_x.flatten(1)
+
+    task = TASKS["classification"]
+    settings = SimpleNamespace(tasks=[task], thresholds={task.name: 0.0})
+    exp = SimpleNamespace(settings=settings, evaluation={"nil": mode} if mode else {})
+    spec = SimpleNamespace(keys={"task": task.name})
+    frame = Multitask().score(exp, Features(), None, spec, manifest, "t")
+    assert frame["nil_accuracy"].tolist() == [expected] and frame["accuracy"].tolist() == [50.0]
+
+
 # -- item 13: Matching Networks -------------------------------------------------------------
 
 def test_cosine_attention_matches_eqs_1_and_2_by_hand():

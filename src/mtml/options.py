@@ -37,6 +37,9 @@ class Option:
     - `per_key`: a number, or a mapping name -> number (e.g. an inner learning rate per task).
     - `nullable`: null is allowed (default: when the default is None).
     - `pattern` + `what`: a regular expression a string must match, and how to say so.
+    - `recorded=False`: the default is not filled in (an option added after results were
+      recorded: their resolved blocks, so checkpoint fingerprints and Snakemake's params, stay
+      as they were); code reads it as `hp.get(name, option.default)`.
     """
 
     type: type | tuple[type, ...]
@@ -54,6 +57,7 @@ class Option:
     pattern: str | None = None
     what: str | None = None
     extra: dict = field(default_factory=dict)  # further JSON Schema keywords (documentation)
+    recorded: bool = True
 
     def __post_init__(self):
         if self.nullable is None:
@@ -61,8 +65,9 @@ class Option:
 
 
 def defaults(options: Mapping[str, Option]) -> dict:
-    """{name: default} of declared options (fresh copies of mutable defaults)."""
-    return {k: copy.deepcopy(o.default) for k, o in options.items()}
+    """{name: default} of declared options (fresh copies of mutable defaults), those with
+    `recorded=False` left out."""
+    return {k: copy.deepcopy(o.default) for k, o in options.items() if o.recorded}
 
 
 # --------------------------------------------------------------------------- checking

@@ -83,7 +83,8 @@ class Multimodal(Kind):
     def score(self, exp, learner, bank, spec, manifest, label):
         from mtml.evaluation.evaluate import evaluate_manifest
 
-        return evaluate_manifest(learner, bank, manifest, label, exp.evaluation.get("episode_batch", "auto"))
+        return evaluate_manifest(learner, bank, manifest, label, exp.evaluation.get("episode_batch", "auto"),
+                                 exp.evaluation.get("nil", "means"))
 
     def expected_rows(self, study, exp):
         return super().expected_rows(study, exp) | {("test", ALL)}

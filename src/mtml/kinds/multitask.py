@@ -104,7 +104,8 @@ class Multitask(Kind):
         from mtml.multitask.scoring import evaluate_subtasks
 
         task = self._task(exp, spec)
-        return evaluate_subtasks(learner, bank, task, manifest, exp.settings.thresholds[task.name], label=label)
+        return evaluate_subtasks(learner, bank, task, manifest, exp.settings.thresholds[task.name], label=label,
+                                 nil_mode=exp.evaluation.get("nil", "means"))
 
     def expected_rows(self, study, exp):
         # eval.json holds the classification rows only

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from mtml.methods.base import Episode, MetaLearner, accuracy, register
 from mtml.methods.inner_loop import Params, UpdateRule, adapt, named_params, sgd_update
-from mtml.models.conv4 import Classifier
+from mtml.models.conv4 import DOWNSAMPLE, Classifier
 from mtml.options import Option
 
 
@@ -47,12 +47,18 @@ class MAML(MetaLearner):
         "inner_steps": Option(int, 1, "inner-loop steps in meta-training", min=0),
         "eval_inner_steps": Option(int, 3, "inner-loop steps at evaluation", min=0),
         "first_order": Option(bool, False, "drop second derivatives (first-order MAML)"),
+        # not recorded: runs made before the option existed keep their settings
+        "downsample": Option(str, "maxpool", "how Conv-4 halves its maps: maxpool (2x2 max-pooling after "
+                             "each block) | stride (stride-2 convolutions, SAME padding, features averaged "
+                             "over the last map: Finn et al.'s Omniglot network; docs/protocols.md)",
+                             choices=DOWNSAMPLE, recorded=False),  # default first
     }
     head_only = False
 
     def __init__(self, hp, image_shape, ways):
         super().__init__(hp, image_shape, ways)
-        self.net = Classifier(self.image_shape, ways, hp["filters"])
+        self.net = Classifier(self.image_shape, ways, hp["filters"],
+                              hp.get("downsample", DOWNSAMPLE[0]))  # (MetaLSTM's options lack it)
 
     def adapted_module(self) -> nn.Module:
         return self.net.head if self.head_only else self.net

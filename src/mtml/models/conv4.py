@@ -8,6 +8,14 @@ model never carries running statistics from meta-training into a test episode
 while training, updating running averages (momentum 0.1) that normalise in eval mode, so a
 test query's prediction does not depend on the other queries (docs/protocols.md).
 
+`downsample` (method hyperparameter, MAML family): `maxpool` (default) is the block above;
+`stride` is Finn et al.'s Omniglot network (reference code cbfinn/maml without `--max_pool`):
+3x3 convolutions of stride 2 with TensorFlow's SAME padding (output ceil(n/2); an odd pad total
+puts the extra row and column after, so 28 -> 14 -> 7 -> 4 -> 2), no pooling, and the features
+are the mean over the last map's positions (the reference's `reduce_mean` over height and
+width: `filters` features at any image size). With max-pooling the reference flattens (its
+miniImageNet network), as we do (28x28 -> 1x1, 84x84 -> 5x5).
+
 `block_hook(index, activation)` lets a feature modulator (attention, FiLM) rescale each
 block's output channels without a copy of the network.
 """
@@ -41,14 +49,29 @@ def split_affine_batch_norm() -> Iterator[None]:
         _SPLIT_AFFINE.reset(token)
 
 
+DOWNSAMPLE = ("maxpool", "stride")  # the default first
+
+
+def same_padding(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
+    """TensorFlow's SAME padding of one dimension: (before, after), the odd one after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 class ConvBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, pool: bool = True, running_stats: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, pool: bool = True, running_stats: bool = False,
+                 stride: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        # stride: a stride-2 convolution with SAME padding halves the map (pool is ignored)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=0 if stride else 1, stride=2 if stride else 1)
         self.norm = nn.BatchNorm2d(out_channels, track_running_stats=running_stats)
-        self.pool = pool
+        self.pool = pool and not stride
+        self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.stride:
+            (top, bottom), (left, right) = same_padding(x.shape[-2]), same_padding(x.shape[-1])
+            x = nn.functional.pad(x, (left, right, top, bottom))
         x = self.conv(x)
         if _SPLIT_AFFINE.get():
             n = self.norm
@@ -64,12 +87,15 @@ class Conv4(nn.Module):
     # here, so the data path needs no change; inside vmap the batched path keeps its layout
     memory_format = torch.contiguous_format
 
-    def __init__(self, in_channels: int = 1, filters: int = 32, blocks: int = 4, running_stats: bool = False):
+    def __init__(self, in_channels: int = 1, filters: int = 32, blocks: int = 4, running_stats: bool = False,
+                 downsample: str = "maxpool"):
         super().__init__()
+        if downsample not in DOWNSAMPLE:
+            raise ValueError(f"Conv-4 downsample {downsample!r}; allowed: {', '.join(DOWNSAMPLE)}")
         chans = [in_channels] + [filters] * blocks
-        self.blocks = nn.ModuleList(ConvBlock(a, b, running_stats=running_stats)
+        self.blocks = nn.ModuleList(ConvBlock(a, b, running_stats=running_stats, stride=downsample == "stride")
                                     for a, b in zip(chans[:-1], chans[1:]))
-        self.filters = filters
+        self.filters, self.downsample = filters, downsample
 
     def forward(self, x: Tensor, block_hook: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         if self.memory_format is torch.channels_last and x.dim() == 4 and not is_batchedtensor(x):
@@ -78,6 +104,8 @@ class Conv4(nn.Module):
             x = block(x)
             if block_hook is not None:
                 x = block_hook(i, x)
+        if self.downsample == "stride":  # the reference's mean over the last map (Omniglot)
+            return x.mean((-2, -1))
         return x.flatten(1)
 
     def feature_dim(self, image_shape: tuple[int, int, int]) -> int:
@@ -90,9 +118,9 @@ class Conv4(nn.Module):
 class Classifier(nn.Module):
     """Backbone + linear head. Parameter names are `backbone.*` and `head.*`."""
 
-    def __init__(self, image_shape: tuple[int, int, int], ways: int, filters: int = 32):
+    def __init__(self, image_shape: tuple[int, int, int], ways: int, filters: int = 32, downsample: str = "maxpool"):
         super().__init__()
-        self.backbone = Conv4(image_shape[0], filters)
+        self.backbone = Conv4(image_shape[0], filters, downsample=downsample)
         self.head = nn.Linear(self.backbone.feature_dim(image_shape), ways)
 
     def forward(self, x: Tensor) -> Tensor:

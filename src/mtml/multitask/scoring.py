@@ -17,9 +17,10 @@ from mtml.utils import progress
 
 def evaluate_subtasks(learner: MultiTaskLearner, bank: SceneBank, task: TaskSpec, manifest: pd.DataFrame,
                       threshold: float, nil: bool = True, label: str | None = None,
-                      loss: bool = False) -> pd.DataFrame:
-    """Per-subtask metrics: accuracy (%), and mse (regression) or nil_accuracy (classification);
-    with `loss`, the task's query loss too (cross-entropy, or MSE in loss units)."""
+                      loss: bool = False, nil_mode: str = "means") -> pd.DataFrame:
+    """Per-subtask metrics: accuracy (%), and mse (regression) or nil_accuracy (classification,
+    against class means or support samples: `nil_mode`, params `evaluation.nil`); with `loss`,
+    the task's query loss too (cross-entropy, or MSE in loss units)."""
     was_training = learner.training
     learner.eval()
     rows = []
@@ -34,7 +35,7 @@ def evaluate_subtasks(learner: MultiTaskLearner, bank: SceneBank, task: TaskSpec
                 row["loss"] = float(task.loss(pred, sub.query_y))
             if task.kind == "classification" and nil:
                 s_emb, q_emb = learner.subtask_embeddings(sub)
-                logits = nil_logits(s_emb, sub.support_y, q_emb, sub.ways)
+                logits = nil_logits(s_emb, sub.support_y, q_emb, sub.ways, nil_mode)
                 row["nil_accuracy"] = 100 * float((logits.argmax(-1) == sub.query_y).float().mean())
             rows.append(row)
             bar.update(progress_task, advance=1)

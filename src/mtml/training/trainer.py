@@ -56,6 +56,16 @@ def _set_rng_states(ckpt: dict) -> None:
 
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer | None, tcfg: dict):
+    """`training.lr_decay` as a StepLR stepped once per meta-iteration (after iteration k
+    the rate is meta_lr * factor ** (k // every), every parameter group alike), or None:
+    a constant rate, as before the key existed."""
+    decay = tcfg.get("lr_decay")
+    if optimizer is None or not decay:
+        return None
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay["every"], gamma=decay["factor"])
+
+
 def _validation(validate: Callable, learner: MetaLearner) -> tuple[float, dict | None]:
     """validate() gives the score in %, or (score, details recorded in trace.jsonl)."""
     out = validate(learner)
@@ -107,6 +117,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     ckpt_path = Path(model_dir) / "checkpoint.pt"
 
     optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
+    scheduler = lr_schedule(optimizer, tcfg)
     # traces: per-iteration records a method reports (e.g. task-attention weights) for analyses
     start, log, traces, elapsed = 0, [], [], 0.0
     best = {"accuracy": -1.0, "iteration": 0, "state": copy.deepcopy(learner.state_dict())}
@@ -119,6 +130,8 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
             learner.load_state_dict(ckpt["model"])
             if optimizer is not None and ckpt["optimizer"] is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None:  # same settings (the fingerprint), so a schedule was saved
+                scheduler.load_state_dict(ckpt["scheduler"])
             stream.set_state(ckpt["stream"])
             _set_rng_states(ckpt)
             start, log, elapsed, best = ckpt["iteration"], ckpt["log"], ckpt["elapsed"], ckpt["best"]
@@ -133,6 +146,8 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
             with steps:
                 stats = learner.train_step(stream.batch(tcfg["meta_batch"]), optimizer,
                                            lambda: stream.batch(tcfg["meta_batch"]))
+                if scheduler is not None:
+                    scheduler.step()
             if "trace" in stats:
                 traces.append({"iteration": it + 1, **stats.pop("trace")})
             row = {"iteration": it + 1, "loss": stats["loss"], "train_accuracy": 100 * stats.get("acc", np.nan),
@@ -151,6 +166,7 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
                 save_checkpoint(ckpt_path, {
                     "fingerprint": fingerprint, "iteration": it + 1, "model": learner.state_dict(),
                     "optimizer": optimizer.state_dict(), "stream": stream.state(),
+                    **({"scheduler": scheduler.state_dict()} if scheduler is not None else {}),
                     **_rng_states(), "log": log, "best": best, "traces": traces,
                     "elapsed": time.perf_counter() - t0})
                 if not interactive():  # logs (Snakemake, SLURM) get a plain line per validation
