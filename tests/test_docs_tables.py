@@ -141,3 +141,28 @@ def test_multitask_rows_get_one_table_per_task(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "**scenes-mt — test (scenes) [normals]**, paired on 25 episodes x 2 training seeds" in text
     assert "| am | anil | +2.50 [+1.00, +5.00] | 0.020 | better |" in text and "depth" not in text
+
+
+def test_tasks_table_puts_each_task_in_a_column_against_one_method(tmp_path):
+    """table=tasks: a row per method, a column per task, every cell method − versus (a pair stored
+    the other way round read flipped); it needs versus=."""
+    row = {"experiment": "scenes-mt", "split": "test", "dataset": "scenes", "seeds": 3, "episodes": 100,
+           "p_combined_holm": 0.5, "verdict": "no detectable difference"}
+    rows = {"a": {**row, "task": "depth", "method": "am", "versus": "anil", "difference": 3.0, "ci_low": 1.0,
+                  "ci_high": 5.0, "verdict": "better"},
+            "b": {**row, "task": "normals", "method": "am", "versus": "anil", "difference": -0.5, "ci_low": -2.0,
+                  "ci_high": 1.0},
+            "c": {**row, "task": "depth", "method": "anil", "versus": "pam", "difference": 2.0, "ci_low": 0.5,
+                  "ci_high": 3.5, "verdict": "better"}}
+    (tmp_path / "metrics/mt").mkdir(parents=True)
+    (tmp_path / "metrics/mt/compare.json").write_text(json.dumps(rows))
+    (tmp_path / "README.md").write_text("<!-- results:mt table=tasks versus=anil -->\n<!-- /results -->\n")
+    update(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "**scenes-mt — test (scenes)**, each method − anil in points, paired on 100 episodes per task x 3" in text
+    assert "| method | depth | normals |" in text
+    assert "| am | +3.00 [+1.00, +5.00] better | -0.50 [-2.00, +1.00] – |" in text
+    assert "| pam | -2.00 [-3.50, -0.50] worse |  |" in text
+    (tmp_path / "README.md").write_text("<!-- results:mt table=tasks -->\n<!-- /results -->\n")
+    with pytest.raises(UserError, match="README.md:1 .*table=tasks compares every method with one: add versus="):
+        update(tmp_path)

@@ -2,15 +2,16 @@
 
 A marked block in a markdown file
 
-    <!-- results:<study> table=summary [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
+    <!-- results:<study> table=summary|compare|tasks [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
     (generated: leave it to `python -m mtml docs-tables`)
     <!-- /results -->
 
 is rewritten from `metrics/<study>/summary.json` (table=summary: mean over seeds with the
 combined CI, between-seed sd, each seed's mean, NIL) or `metrics/<study>/compare.json`
 (table=compare: the paired differences with their CI and verdict; `versus=M` gives every
-method against M, pairs stored as M − X read as X − M). The other options keep the rows whose
-column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
+method against M, pairs stored as M − X read as X − M; table=tasks, for multi-task studies:
+the same comparisons against `versus=M` as one table per split, a row per method and a column
+per task). The other options keep the rows whose column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
 differs from what the files give, so a documented number cannot drift from the committed
 results.
 """
@@ -31,7 +32,7 @@ DOCUMENTS = ("README.md", "docs/*.md")
 BLOCK = re.compile(r"^<!-- results:(?P<study>[\w.-]+)(?P<options>[^>\n]*?)\s*-->\n(?P<body>.*?)^<!-- /results -->",
                    re.DOTALL | re.MULTILINE)
 OPENING = re.compile(r"^<!-- results:", re.MULTILINE)
-TABLES = ("summary", "compare")
+TABLES = ("summary", "compare", "tasks")
 FILTERS = ("experiment", "split", "dataset", "task", "method", "versus")
 GROUP = ("experiment", "split", "dataset", "task")
 
@@ -49,11 +50,14 @@ def _options(text: str, where: str) -> dict:
     if table not in TABLES:
         raise UserError(f"{where}: table={table} is not one of {', '.join(TABLES)}")
     if table == "summary" and "versus" in options:
-        raise UserError(f"{where}: versus= only applies to table=compare")
+        raise UserError(f"{where}: versus= only applies to table=compare and table=tasks")
+    if table == "tasks" and "versus" not in options:
+        raise UserError(f"{where}: table=tasks compares every method with one: add versus=<method>")
     return options
 
 
 def _rows(root: Path, study: str, table: str, where: str) -> list[dict]:
+    table = "compare" if table == "tasks" else table
     path = root / "metrics" / study / f"{table}.json"  # Layout.summary(): metrics/<study>/<file>
     if not path.exists():
         raise UserError(f"{where}: {path.relative_to(root)} is missing; run the study "
@@ -82,10 +86,10 @@ def _select(rows: list[dict], options: dict, where: str) -> list[dict]:
     return keep
 
 
-def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+def _groups(rows: list[dict], by: tuple = GROUP) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        out.setdefault(tuple(r.get(c, "") for c in GROUP), []).append(r)
+        out.setdefault(tuple(r.get(c, "") for c in by), []).append(r)
     return out
 
 
@@ -139,11 +143,34 @@ def compare_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def tasks_table(rows: list[dict]) -> str:
+    """Multi-task studies: one table per experiment/split/dataset, a row per method and a column
+    per task, each cell method − versus [95% CI] and the verdict (compare.json's rows)."""
+    verdict = {"better": "better", "worse": "worse"}
+    lines = []
+    for (exp, split, dataset), group in _groups(rows, GROUP[:3]).items():
+        tasks = list(dict.fromkeys(r.get("task", "") for r in group))
+        cells = {(r["method"], r.get("task", "")): r for r in group}
+        seeds = max(r["seeds"] for r in group)
+        episodes = "/".join(sorted({str(r["episodes"]) for r in group}))
+        lines += [f"**{exp} — {split} ({dataset})**, each method − {group[0]['versus']} in points, paired on "
+                  f"{episodes} episodes per task x {seeds} training seed{'s' if seeds != 1 else ''}; "
+                  "better/worse: Holm-adjusted p < 0.05, else –", "",
+                  "| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+        for meth in dict.fromkeys(r["method"] for r in group):
+            row = [(f"{c['difference']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] "
+                    f"{verdict.get(c['verdict'], '–')}") if (c := cells.get((meth, t))) else "" for t in tasks]
+            lines.append(f"| {meth} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def render(root: Path, study: str, options: dict, where: str) -> str:
     table = options["table"]
     rows = _select(_rows(root, study, table, where), options, where)
+    draw = {"summary": summary_table, "compare": compare_table, "tasks": tasks_table}[table]
     # a blank line before the closing marker, so no renderer takes it for part of the table
-    return (summary_table(rows) if table == "summary" else compare_table(rows)) + "\n"
+    return draw(rows) + "\n"
 
 
 def regenerate(text: str, root: Path, name: str) -> tuple[str, list[str]]:
