@@ -22,3 +22,12 @@ def small_ops():
     yield
     torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = mkldnn
+
+
+@pytest.fixture
+def float64():
+    """Finite differences need double precision; the default dtype is restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -13,6 +13,8 @@ from mtml.methods import build, resolve_hparams
 from mtml.methods.inner_loop import adapt, named_params, sgd_update
 from mtml.models.conv4 import Classifier, same_padding
 
+from gradcheck_helpers import assert_matches_finite_differences
+
 # TF SAME with stride 2 at 28x28, by hand: pad total (ceil(n/2) - 1) * 2 + 3 - n, the odd
 # one after: 28 -> 14 (0, 1), 14 -> 7 (0, 1), 7 -> 4 (1, 1), 4 -> 2 (0, 1)
 PADS_28 = [(0, 1), (0, 1), (1, 1), (0, 1)]
@@ -64,14 +66,6 @@ def test_functional_forward_equals_the_sequential_reference():
     assert not torch.allclose(sym(x), ref(x), atol=1e-3)
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def test_maml_meta_gradient_through_the_strided_net_matches_finite_differences(float64):
     torch.manual_seed(0)
     net = Classifier((1, 12, 12), 3, filters=3, downsample="stride")
@@ -82,16 +76,7 @@ def test_maml_meta_gradient_through_the_strided_net_matches_finite_differences(f
         new = adapt(net, p, ep.support_x, ep.support_y, 2, sgd_update(0.3), first_order=False)
         return nn.functional.cross_entropy(functional_call(net, new, (ep.query_x,)), ep.query_y)
 
-    grads = dict(zip(params, torch.autograd.grad(meta_loss(params), list(params.values()))))
-    eps = 1e-6
-    for name, p in params.items():
-        for idx in [(0,) * p.dim(), tuple(s - 1 for s in p.shape)]:
-            plus = {k: v.detach().clone() for k, v in params.items()}
-            minus = {k: v.detach().clone() for k, v in params.items()}
-            plus[name][idx] += eps
-            minus[name][idx] -= eps
-            fd = (meta_loss(plus) - meta_loss(minus)) / (2 * eps)
-            assert torch.isclose(grads[name][idx], fd, rtol=1e-5, atol=1e-8), name
+    assert_matches_finite_differences(meta_loss, params)
 
 
 def _meta_gradient(name, task_parallel, channels_last=False):

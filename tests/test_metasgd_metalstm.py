@@ -16,12 +16,7 @@ from mtml.methods.learned_optimizer import gated_step, preprocess
 SHAPE = (1, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def _episode(ways=3, shots=2, queries=2, seed=0):

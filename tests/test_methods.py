@@ -11,14 +11,9 @@ from mtml.methods.base import Episode
 from mtml.methods.inner_loop import adapt, named_params, sgd_update
 from mtml.methods.metric import prototypes, squared_euclidean_logits
 
+from gradcheck_helpers import assert_matches_finite_differences
 
-@pytest.fixture(autouse=True)
-def float64():
-    # Finite differences need double precision; restore the default for other test modules.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # finite differences: tests/conftest.py
 
 
 class TinyNet(nn.Module):
@@ -46,18 +41,7 @@ def _meta_loss(net, params, first_order, steps=2, lr=0.5):
 def test_maml_second_order_meta_gradient_matches_finite_differences():
     torch.manual_seed(0)
     net = TinyNet()
-    params = named_params(net)
-    loss = _meta_loss(net, params, first_order=False)
-    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-    eps = 1e-6
-    for name, p in params.items():
-        for idx in [(0,) * p.dim(), tuple(s - 1 for s in p.shape)]:
-            plus = {k: v.detach().clone() for k, v in params.items()}
-            minus = {k: v.detach().clone() for k, v in params.items()}
-            plus[name][idx] += eps
-            minus[name][idx] -= eps
-            fd = (_meta_loss(net, plus, False) - _meta_loss(net, minus, False)) / (2 * eps)
-            assert torch.isclose(grads[name][idx], fd, rtol=1e-5, atol=1e-8), name
+    assert_matches_finite_differences(lambda p: _meta_loss(net, p, first_order=False), named_params(net))
 
 
 def test_first_order_differs_from_second_order():

@@ -27,14 +27,6 @@ from mtml.methods.task_weighting import (
 SHAPE = (1, 16, 16)
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _episode(ways=3, shots=2, queries=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     lab = lambda n: torch.arange(ways).repeat_interleave(n)  # noqa: E731
