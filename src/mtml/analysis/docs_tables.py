@@ -146,7 +146,6 @@ def compare_table(rows: list[dict]) -> str:
 def tasks_table(rows: list[dict]) -> str:
     """Multi-task studies: one table per experiment/split/dataset, a row per method and a column
     per task, each cell method − versus [95% CI] and the verdict (compare.json's rows)."""
-    verdict = {"better": "better", "worse": "worse"}
     lines = []
     for (exp, split, dataset), group in _groups(rows, GROUP[:3]).items():
         tasks = list(dict.fromkeys(r.get("task", "") for r in group))
@@ -159,7 +158,7 @@ def tasks_table(rows: list[dict]) -> str:
                   "| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
         for meth in dict.fromkeys(r["method"] for r in group):
             row = [(f"{c['difference']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] "
-                    f"{verdict.get(c['verdict'], '–')}") if (c := cells.get((meth, t))) else "" for t in tasks]
+                    f"{c['verdict'] if c['verdict'] in ('better', 'worse') else '–'}") if (c := cells.get((meth, t))) else "" for t in tasks]
             lines.append(f"| {meth} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
