@@ -59,9 +59,9 @@ def _write_run(layout, meth, cls, depth_mse, depth_acc, rss=100.0, seed=None):
     layout.run_dir("mt", meth, seed).mkdir(parents=True, exist_ok=True)
     episodes.to_csv(layout.run_dir("mt", meth, seed) / "episodes.csv", index=False)
     rows = [{"split": "test", "dataset": "scenes", "task": "classification", "environment": "all", "subtasks": 10,
-             "accuracy": cls[0], "accuracy_ci95": cls[1], "mse": None, "mse_ci95": None},
+             "metric": "query accuracy (%)", "accuracy": cls[0], "accuracy_ci95": cls[1], "mse": None, "mse_ci95": None},
             {"split": "test", "dataset": "scenes", "task": "depth", "environment": "all", "subtasks": 10,
-             "accuracy": depth_acc, "accuracy_ci95": 3.0, "mse": depth_mse[0], "mse_ci95": depth_mse[1]},
+             "metric": "delta<1.25 (%)", "accuracy": depth_acc, "accuracy_ci95": 3.0, "mse": depth_mse[0], "mse_ci95": depth_mse[1]},
             {"split": "test", "dataset": "scenes", "task": "depth", "environment": "e7", "subtasks": 5,
              "accuracy": 0.0, "accuracy_ci95": 3.0, "mse": 9.0, "mse_ci95": 1.0}]  # per environment: not read
     write_json(layout.run_dir("mt", meth) / "details.json", {"kind": "multitask", "rows": rows})
@@ -215,11 +215,13 @@ def test_delta_mtl_ci_reads_every_training_seed(tmp_path):
     (summary,) = json.loads((out / "table.json").read_text())
     row = next(r for r in summary["methods"] if r["method"] == "hard-uncertainty")
     ci = row["delta_mtl_ci"]["test"]
-    # the columns (delta_mtl) are seed 0's; the CI's estimate the mean over both seeds
-    assert ci["seeds"] == 2 and row["delta_mtl"]["test"] == pytest.approx(10.0)
-    assert ci["estimate"] == pytest.approx(delta_mtl({"classification": 55.0, "depth": 0.19},
-                                                     {"classification": 51.0, "depth": 0.20},
-                                                     {"classification": True, "depth": False}))
+    # the columns and Delta-MTL are means over both seeds, as is the CI's estimate
+    expected = delta_mtl({"classification": 55.0, "depth": 0.19}, {"classification": 51.0, "depth": 0.20},
+                         {"classification": True, "depth": False})
+    assert ci["seeds"] == 2 and ci["estimate"] == pytest.approx(expected)
+    assert row["delta_mtl"]["test"] == pytest.approx(expected, abs=1e-3)
+    depth = row["results"]["test"]["depth"]
+    assert depth["seeds"] == 2 and depth["mse"] == pytest.approx(0.19)
     assert ci["ci_low"] <= ci["estimate"] <= ci["ci_high"]
     (layout.run_dir("mt", "mmoe-pcgrad", 1) / "episodes.csv").unlink()
     with pytest.raises(UserError, match="seed-1/episodes.csv is missing; run the evaluate stage of mt/mmoe-pcgrad seed 1"):

@@ -2,9 +2,9 @@
 
 For every multitask experiment and test split (test, cross-domain), one row per method: its
 architecture, optimiser, loss weighting, schedule and teacher (`distill`); per task the test
-metric with its 95% CI over subtasks (classification: query accuracy in %, higher is better;
-depth, normals, vanishing points: MSE in the label's units, lower is better; from the run's
-details.json); Delta-MTL (Maninis et al. 2019, `mtml.analysis.mtl_metrics.delta_mtl`) of
+metric with its 95% CI over subtasks, and over training seeds when there are several
+(classification: query accuracy in %, higher is better; depth, normals, vanishing points: MSE
+in the label's units, lower is better; `mtml.analysis.seed_rows`); Delta-MTL (Maninis et al. 2019, `mtml.analysis.mtl_metrics.delta_mtl`) of
 those metrics against the single-task baseline, and Delta-MTL of "Acc" (every task's share
 within its threshold, higher is better), each with a 95% CI over training seeds and test
 subtasks (`mtl_metrics.delta_mtl_interval` on every seed's episodes.csv: the methods share
@@ -28,10 +28,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from mtml.analysis.compare import _rng, holm, verdicts
 from mtml.analysis.mtl_metrics import delta_mtl, delta_mtl_interval
+from mtml.analysis.seed_rows import seed_episodes, seed_rows
 from mtml.errors import UserError
 from mtml.utils import atomic_path, write_json, write_text
 
@@ -51,18 +51,15 @@ def primary_metric(kind: str) -> tuple[str, bool]:
 
 
 def method_results(study, layout, exp: str, meth: str) -> dict:
-    """A method's settings, timing and per-split, per-task metrics of one experiment."""
+    """A method's settings, timing (the first seed's train stage) and per-split, per-task
+    metrics of one experiment (over every training seed: `seed_rows`)."""
     run = study.run(exp, meth)
-    run_dir = layout.run_dir(exp, meth)
-    details = _json(run_dir / "details.json", f"{exp}/{meth}")
-    timing = _json(run_dir / "timing_train.json", f"{exp}/{meth}")
+    timing = _json(layout.run_dir(exp, meth) / "timing_train.json", f"{exp}/{meth}")
     results: dict = {}
-    for r in details["rows"]:
-        if r["environment"] != "all":
-            continue
+    for r in seed_rows(study, layout, exp, meth):
         split = r["split"] if r["split"] == "test" else f"{r['split']}:{r['dataset']}"
         results.setdefault(split, {})[r["task"]] = {k: r.get(k) for k in ("accuracy", "accuracy_ci95", "mse",
-                                                                          "mse_ci95", "subtasks")}
+                                                                          "mse_ci95", "subtasks", "seeds")}
     return {"method": meth, "algorithm": run.cls.algorithm, "filters": run.hparams.get("filters"),
             **{k: run.hparams.get(k) for k in SETTINGS}, **{k: timing.get(k) for k in TIMING},
             "results": results}
@@ -71,13 +68,7 @@ def method_results(study, layout, exp: str, meth: str) -> dict:
 def subtask_matrices(study, layout, exp: str, meth: str) -> dict:
     """split -> task -> metric -> [seeds x subtasks] frame (index: training seed, columns: the
     manifest's episode ids) from every seed's episodes.csv; only subtasks every seed has."""
-    frames = []
-    for seed in study.seeds:
-        path = layout.run_dir(exp, meth, seed) / "episodes.csv"
-        if not path.exists():
-            raise UserError(f"{path} is missing; run the evaluate stage of {exp}/{meth} seed {seed} first")
-        frames.append(pd.read_csv(path).assign(seed=str(seed)))
-    rows = pd.concat(frames, ignore_index=True)
+    rows = seed_episodes(study, layout, exp, meth)
     out: dict = {}
     for (split, dataset, task), g in rows.groupby(["split", "dataset", "task"], sort=False):
         key = split if split == "test" else f"{split}:{dataset}"
@@ -216,7 +207,7 @@ def _cell(res: dict, key: str) -> str:
 
 def markdown(summaries: list[dict]) -> str:
     lines = ["# Multi-task architectures x optimisers", "",
-             "Per task the test metric ± its 95% CI over subtasks (classification: accuracy in %, higher is "
+             "Per task the test metric ± its 95% CI over subtasks (and training seeds, when several; classification: accuracy in %, higher is "
              "better; other tasks: MSE in the label's units, lower is better). Delta-MTL (Maninis et al. 2019): "
              "the mean relative change in % of those metrics against the single-task baseline (positive: "
              "better); Delta-Acc: the same for every task's Acc (share within its threshold). Both from every "

@@ -2,7 +2,7 @@
 
 - multitask-table: Table-1-shaped results: one row per method (algorithm, single/multi meta
   task, filters, loss weighting), per task the test "Acc" (classification: accuracy) and
-  MSE, from each run's details.json; plus the effect of uncertainty weighting for method
+  MSE, over every training seed (`mtml.analysis.seed_rows`); plus the effect of uncertainty weighting for method
   pairs that differ only in `loss_weighting`.
 - optimal-attention (section 5.3): freeze a trained AM / P-AM model and learn the channel
   weights w alone, by gradient descent on all the data of a test subtask (its support set
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mtml.analysis.seed_rows import seed_rows
 from mtml.errors import UserError
 from mtml.utils import atomic_path, write_json, write_text
 
@@ -134,13 +135,12 @@ def results_table(study, layout) -> pd.DataFrame:
     rows = []
     for exp in _multitask_experiments(study, "multitask-table"):
         for meth in study.methods:
-            result = json.loads(_run_file(layout, exp, meth, "details.json").read_text())
-            for r in result["rows"]:
-                if r["environment"] == "all":
-                    rows.append({"experiment": exp, **variant(study, exp, meth), "split": r["split"],
-                                 "dataset": r["dataset"], "task": r["task"], "metric": r["metric"],
-                                 "paper_acc": r.get("paper_acc"), "paper_acc_ci95": r.get("paper_acc_ci95"),
-                                 "accuracy": r["accuracy"], "accuracy_ci95": r["accuracy_ci95"], "mse": r["mse"]})
+            for r in seed_rows(study, layout, exp, meth):
+                rows.append({"experiment": exp, **variant(study, exp, meth), "split": r["split"],
+                             "dataset": r["dataset"], "task": r["task"], "metric": r["metric"],
+                             "paper_acc": r.get("paper_acc"), "paper_acc_ci95": r.get("paper_acc_ci95"),
+                             "accuracy": r["accuracy"], "accuracy_ci95": r["accuracy_ci95"], "mse": r["mse"],
+                             "seeds": r["seeds"]})
     return pd.DataFrame(rows)
 
 
@@ -199,7 +199,8 @@ def multitask_table(study, layout, out_dir: Path) -> None:
     with atomic_path(out_dir / "table.csv") as tmp:
         frame.to_csv(tmp, index=False)
     lines = ["# Multi-task meta-learning results (Lekkala & Itti's Table 1 rows)", "",
-             "Cells: % ± 95% CI over subtasks. Classification: query accuracy. Per other task: "
+             "Cells: % ± 95% CI over subtasks (with several training seeds: the mean over seeds and "
+             "subtasks, the CI over both, `mtml.analysis.seed_rows`). Classification: query accuracy. Per other task: "
              "`Acc`, the paper's metric (share of outputs within 1e-3 of the label, each output "
              "number on its own); then ours, the share within a threshold (depth: "
              "max(pred/true, true/pred) < delta per pixel; normals: angle to the true normal per "
