@@ -127,6 +127,13 @@ def test_a_documented_studys_summary_is_what_its_committed_runs_give(tmp_path, n
     for file in ("summary.json", "compare.json"):
         ours, theirs = (json.loads(p.read_text()) for p in (layout.summary(file), committed / "metrics" / name / file))
         assert ours == theirs, f"metrics/{name}/{file} is not what its runs give: rerun the aggregate stage"
+    mtl = committed / "metrics" / name / "analysis" / "mtl-table" / "table.json"
+    if mtl.exists():  # a table=mtl block's source: the analysis run again on the committed runs
+        from mtml.analysis.mtl_table import mtl_table
+
+        mtl_table(s, layout, tmp_path / "mtl-table")
+        assert json.loads((tmp_path / "mtl-table" / "table.json").read_text()) == json.loads(mtl.read_text()), (
+            f"metrics/{name}/analysis/mtl-table/table.json is not what its runs give: rerun the analysis")
 
 
 def test_multitask_rows_get_one_table_per_task(tmp_path):
@@ -165,4 +172,39 @@ def test_tasks_table_puts_each_task_in_a_column_against_one_method(tmp_path):
     assert "| pam | -2.00 [-3.50, -0.50] worse |  |" in text
     (tmp_path / "README.md").write_text("<!-- results:mt table=tasks -->\n<!-- /results -->\n")
     with pytest.raises(UserError, match="README.md:1 .*table=tasks compares every method with one: add versus="):
+        update(tmp_path)
+
+
+def test_mtl_block_reads_the_mtl_table_analysis(tmp_path):
+    """table=mtl: Delta-MTL / Delta-Acc of every method against the single-task baseline, from
+    metrics/<study>/analysis/mtl-table/table.json (written here by the analysis on fake runs)."""
+    from test_mtl_table import _study, _write_run
+
+    from mtml.analysis.mtl_table import mtl_table
+    from mtml.layout import Layout
+
+    study = _study()
+    layout = Layout(tmp_path / "runs", study)
+    _write_run(layout, "single", (50.0, 2.0), (0.20, 0.01), 40.0)
+    _write_run(layout, "hard-uncertainty", (55.0, 2.0), (0.18, 0.01), 44.0)
+    _write_run(layout, "mmoe-pcgrad", (60.0, 1.0), (0.22, 0.01), 30.0)
+    out = tmp_path / "metrics/mt/analysis/mtl-table"
+    out.mkdir(parents=True)
+    mtl_table(study, layout, out)
+    (summary,) = json.loads((out / "table.json").read_text())
+    ci = next(r for r in summary["methods"] if r["method"] == "mmoe-pcgrad")["delta_mtl_ci"]["test"]
+    (tmp_path / "README.md").write_text("<!-- results:mt table=mtl split=test -->\n<!-- /results -->\n")
+    update(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert ("**mt — test**, Delta-MTL / Delta-Acc in % against `single` (single-task), 95% CI over 1 training "
+            "seed x 10 test subtasks per task") in text
+    assert "| single | 0 (baseline) | - | 0 (baseline) | - | - |" in text
+    assert (f"| mmoe-pcgrad | {ci['estimate']:+.2f} [{ci['ci_low']:+.2f}, {ci['ci_high']:+.2f}] | "
+            f"{ci['verdict']} |") in text
+    assert "| hard-uncertainty |" in text and "(reference)" in text
+    (tmp_path / "README.md").write_text("<!-- results:mt table=mtl versus=single -->\n<!-- /results -->\n")
+    with pytest.raises(UserError, match="versus= only applies to table=compare and table=tasks"):
+        update(tmp_path)
+    (tmp_path / "README.md").write_text("<!-- results:other table=mtl -->\n<!-- /results -->\n")
+    with pytest.raises(UserError, match="metrics/other/analysis/mtl-table/table.json is missing"):
         update(tmp_path)

@@ -2,7 +2,7 @@
 
 A marked block in a markdown file
 
-    <!-- results:<study> table=summary|compare|tasks [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
+    <!-- results:<study> table=summary|compare|tasks|mtl [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
     (generated: leave it to `python -m mtml docs-tables`)
     <!-- /results -->
 
@@ -11,7 +11,9 @@ combined CI, between-seed sd, each seed's mean, NIL) or `metrics/<study>/compare
 (table=compare: the paired differences with their CI and verdict; `versus=M` gives every
 method against M, pairs stored as M − X read as X − M; table=tasks, for multi-task studies:
 the same comparisons against `versus=M` as one table per split, a row per method and a column
-per task). The other options keep the rows whose column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
+per task) or, table=mtl, `metrics/<study>/analysis/mtl-table/table.json` (Delta-MTL and
+Delta-Acc against the single-task baseline with their CI and verdict, one table per experiment
+and split). The other options keep the rows whose column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
 differs from what the files give, so a documented number cannot drift from the committed
 results.
 """
@@ -32,7 +34,8 @@ DOCUMENTS = ("README.md", "docs/*.md")
 BLOCK = re.compile(r"^<!-- results:(?P<study>[\w.-]+)(?P<options>[^>\n]*?)\s*-->\n(?P<body>.*?)^<!-- /results -->",
                    re.DOTALL | re.MULTILINE)
 OPENING = re.compile(r"^<!-- results:", re.MULTILINE)
-TABLES = ("summary", "compare", "tasks")
+TABLES = ("summary", "compare", "tasks", "mtl")
+MTL_TABLE = Path("analysis") / "mtl-table" / "table.json"  # under metrics/<study>/
 FILTERS = ("experiment", "split", "dataset", "task", "method", "versus")
 GROUP = ("experiment", "split", "dataset", "task")
 
@@ -49,7 +52,7 @@ def _options(text: str, where: str) -> dict:
     table = options.setdefault("table", "summary")
     if table not in TABLES:
         raise UserError(f"{where}: table={table} is not one of {', '.join(TABLES)}")
-    if table == "summary" and "versus" in options:
+    if table in ("summary", "mtl") and "versus" in options:
         raise UserError(f"{where}: versus= only applies to table=compare and table=tasks")
     if table == "tasks" and "versus" not in options:
         raise UserError(f"{where}: table=tasks compares every method with one: add versus=<method>")
@@ -57,6 +60,8 @@ def _options(text: str, where: str) -> dict:
 
 
 def _rows(root: Path, study: str, table: str, where: str) -> list[dict]:
+    if table == "mtl":
+        return _mtl_rows(root, study, where)
     table = "compare" if table == "tasks" else table
     path = root / "metrics" / study / f"{table}.json"  # Layout.summary(): metrics/<study>/<file>
     if not path.exists():
@@ -67,6 +72,17 @@ def _rows(root: Path, study: str, table: str, where: str) -> list[dict]:
     except (ValueError, AttributeError) as err:
         raise UserError(f"{where}: {path.relative_to(root)} is not a keyed JSON table ({err}); "
                         "rerun the aggregate stage of the study") from None
+
+
+def _mtl_rows(root: Path, study: str, where: str) -> list[dict]:
+    """The mtl-table analysis' rows, one per experiment x split x method (the method's record
+    under `record`, the experiment's summary under `summary`)."""
+    path = root / "metrics" / study / MTL_TABLE
+    if not path.exists():
+        raise UserError(f"{where}: {path.relative_to(root)} is missing; run the study with the mtl-table "
+                        f"analysis (snakemake --cores 2 all --configfile configs/{study}.yaml) and commit its metrics")
+    return [{"experiment": s["experiment"], "split": split, "method": r["method"], "record": r, "summary": s}
+            for s in json.loads(path.read_text()) for split in s["splits"] for r in s["methods"]]
 
 
 def _flipped(row: dict) -> dict:
@@ -164,10 +180,35 @@ def tasks_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mtl_rows_table(rows: list[dict]) -> str:
+    """table=mtl: per experiment and split, every method's Delta-MTL and Delta-Acc against the
+    single-task baseline [95% CI] with the verdict, and the tasks where it beats the reference."""
+    from mtml.analysis.mtl_table import _delta_cells
+
+    lines = []
+    for (exp, split), group in _groups(rows, ("experiment", "split")).items():
+        s = group[0]["summary"]
+        ci = next((r["record"]["delta_mtl_ci"].get(split) for r in group if r["record"]["delta_mtl_ci"].get(split)), None)
+        size = (f"{ci['seeds']} training seed{'s' if ci['seeds'] != 1 else ''} x "
+                f"{'/'.join(sorted({str(n) for n in ci['subtasks'].values()}))} test subtasks per task") if ci else ""
+        lines += [f"**{exp} — {split}**, Delta-MTL / Delta-Acc in % against `{s['baseline']}` (single-task), "
+                  f"95% CI over {size}; vs 0: Holm-adjusted p < 0.05 across the table; beats ref: tasks "
+                  f"where the method beats `{s['reference']}` with the 95% CIs apart", "",
+                  "| method | Delta-MTL [95% CI] | vs 0 | Delta-Acc [95% CI] | vs 0 | beats ref |",
+                  "|---|---|---|---|---|---|"]
+        for row in group:
+            r = row["record"]
+            cells = " | ".join(_delta_cells(r, split, f, r["method"] == s["baseline"]) for f in ("delta_mtl", "delta_mtl_acc"))
+            beats = ", ".join(r["beats_reference"].get(split, [])) or ("(reference)" if r["method"] == s["reference"] else "-")
+            lines.append(f"| {r['method']} | {cells} | {beats} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def render(root: Path, study: str, options: dict, where: str) -> str:
     table = options["table"]
     rows = _select(_rows(root, study, table, where), options, where)
-    draw = {"summary": summary_table, "compare": compare_table, "tasks": tasks_table}[table]
+    draw = {"summary": summary_table, "compare": compare_table, "tasks": tasks_table, "mtl": mtl_rows_table}[table]
     # a blank line before the closing marker, so no renderer takes it for part of the table
     return draw(rows) + "\n"
 
