@@ -183,7 +183,7 @@ def tasks_table(rows: list[dict]) -> str:
 def mtl_rows_table(rows: list[dict]) -> str:
     """table=mtl: per experiment and split, every method's Delta-MTL and Delta-Acc against the
     single-task baseline [95% CI] with the verdict, and the tasks where it beats the reference."""
-    from mtml.analysis.mtl_table import _delta_cells
+    from mtml.analysis.mtl_table import delta_cells
 
     lines = []
     for (exp, split), group in _groups(rows, ("experiment", "split")).items():
@@ -198,7 +198,7 @@ def mtl_rows_table(rows: list[dict]) -> str:
                   "|---|---|---|---|---|---|"]
         for row in group:
             r = row["record"]
-            cells = " | ".join(_delta_cells(r, split, f, r["method"] == s["baseline"]) for f in ("delta_mtl", "delta_mtl_acc"))
+            cells = " | ".join(delta_cells(r, split, f, r["method"] == s["baseline"]) for f in ("delta_mtl", "delta_mtl_acc"))
             beats = ", ".join(r["beats_reference"].get(split, [])) or ("(reference)" if r["method"] == s["reference"] else "-")
             lines.append(f"| {r['method']} | {cells} | {beats} |")
         lines.append("")

@@ -187,7 +187,7 @@ def _signed(x) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
-def _delta_cells(r: dict, split: str, field: str, baseline: bool) -> str:
+def delta_cells(r: dict, split: str, field: str, baseline: bool) -> str:
     """'estimate [ci_low, ci_high] | verdict' of a Delta-MTL / Delta-Acc column pair."""
     if baseline:
         return "0 (baseline) | -"
@@ -237,7 +237,7 @@ def markdown(summaries: list[dict]) -> str:
                 lines.append(f"| {name} | {arch} | {r['optimiser']} | {r['loss_weighting']} | {r['schedule']} | "
                              f"{r['distill'] or '-'} | "
                              + " | ".join(_cell(res[t], s["metrics"][t]["key"]) for t in tasks)
-                             + "".join(f" | {_delta_cells(r, split, f, r['method'] == s['baseline'])}"
+                             + "".join(f" | {delta_cells(r, split, f, r['method'] == s['baseline'])}"
                                        for f in ("delta_mtl", "delta_mtl_acc"))
                              + f" | {_fmt(r['seconds_per_iteration'], 3)} | {_fmt(r['peak_rss_mib'], 0)} | {beats} |")
             lines.append("")
