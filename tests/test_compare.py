@@ -205,6 +205,16 @@ def test_paired_comparisons_on_a_frame_match_the_pair_statistics():
     vs_ref = C.paired_comparisons(df, reference="c", resamples=300)
     assert list(vs_ref["method"]) == ["a", "b"] and set(vs_ref["versus"]) == {"c"}
     assert (vs_ref["difference"] < 0).all()
+    # planned pairs: each as the all-pairs row (read the other way round when listed so), and
+    # Holm over the planned pairs only, so a planned pair's adjusted p is never larger
+    planned = C.paired_comparisons(df, pairs=[("c", "a"), ("b", "c")], resamples=300)
+    assert list(zip(planned["method"], planned["versus"])) == [("c", "a"), ("b", "c")]
+    bc = table.iloc[2]
+    assert planned.iloc[1]["difference"] == pytest.approx(bc["difference"])
+    assert planned.iloc[1]["p_combined"] == pytest.approx(bc["p_combined"])
+    assert planned.iloc[0]["difference"] == pytest.approx(-ac["difference"]) and planned.iloc[0]["verdict"] == "better"
+    np.testing.assert_allclose(planned["p_combined_holm"], C.holm(planned["p_combined"]))
+    assert planned.iloc[1]["p_combined_holm"] <= bc["p_combined_holm"]
 
 
 def test_identical_copies_give_zero_difference_and_no_verdict():
@@ -251,6 +261,10 @@ def test_bad_input_gives_one_clear_error():
     a, _ = simulate(np.random.default_rng(13), seeds=2, episodes=10)
     with pytest.raises(UserError, match="reference"):
         C.paired_comparisons(frame({"a": a, "b": a}), reference="protonet")
+    with pytest.raises(UserError, match=r"'comparisons' names method\(s\) protonet with no results"):
+        C.paired_comparisons(frame({"a": a, "b": a}), pairs=[("a", "protonet")])
+    with pytest.raises(UserError, match="not both"):
+        C.paired_comparisons(frame({"a": a, "b": a}), reference="a", pairs=[("a", "b")])
     df = frame({"a": a})
     with pytest.raises(UserError, match="twice"):
         C.seed_summary(pd.concat([df, df]))

@@ -191,3 +191,16 @@ def test_committed_dvc_yaml_is_generated_from_params_yaml():
     changed["datasets"]["glyphs"]["options"] = {"drawers": 3}
     with pytest.raises(UserError, match=r"dvc.yaml does not match the params.*python -m mtml dvc-yaml"):
         check_dvc_yaml(Layout(ROOT, study(changed, ["params.yaml"])))
+
+
+def test_aggregate_stage_depends_on_the_keys_that_choose_its_pairs():
+    """DVC reruns aggregate when `reference` or `comparisons` change, and lists a key only
+    when the params file has it (DVC stops on a params key the file lacks)."""
+    from mtml.layout import Layout
+    from mtml.params import load, read, study
+    from mtml.workflow_dvc import dvc_stages
+
+    default = read(ROOT / "params.yaml")
+    assert dvc_stages(Layout(".", load(ROOT / "params.yaml")))["aggregate"]["params"] == ["experiments", "methods"]
+    planned = study({**default, "comparisons": [["anil", "maml"]]}, ["params.yaml"])
+    assert dvc_stages(Layout(".", planned))["aggregate"]["params"] == ["experiments", "methods", "comparisons"]

@@ -45,6 +45,9 @@ def test_default_params_are_valid_and_defaults_filled():
     (["seeds"], 3, r"params key 'seeds': 3 is not of type 'array'"),
     (["seeds"], [0, -1], r"params key 'seeds.1'"),
     (["reference"], "protonett", r"params key 'reference' names method 'protonett'; defined methods: .*protonet"),
+    (["comparisons"], [["anil", "mamll"]], r"params key 'comparisons\[0\]' names method 'mamll'; defined methods"),
+    (["comparisons"], [["anil", "anil"]], r"params key 'comparisons\[0\]' compares 'anil' with itself"),
+    (["comparisons"], [["anil"]], r"params key 'comparisons.0'"),
     (["published"], {"glyphs-5w1s": {"mamll": {"test": {"accuracy": 50, "source": {"paper": "p", "table": "t"}}}}},
      r"params key 'published.glyphs-5w1s.mamll' names no method"),
 ])
@@ -66,6 +69,14 @@ def test_seeds_default_to_the_data_seed_and_each_run_gets_one():
     assert three.run(e, m, 0).fingerprint({}) == one.run(e, m).fingerprint({})
     with pytest.raises(UserError, match=r"seed 5 is not in params 'seeds' \(0, 1, 2\)"):
         three.run(e, m, 5)
+
+
+def test_planned_comparisons_are_pairs_of_methods_instead_of_a_reference():
+    pairs = study({**DEFAULT, "comparisons": [["anil", "maml"], ["protonet", "maml"]]})
+    assert pairs.comparisons == [("anil", "maml"), ("protonet", "maml")] and pairs.reference is None
+    assert study(DEFAULT).comparisons is None
+    with pytest.raises(UserError, match="'reference' and 'comparisons' both choose"):
+        study({**DEFAULT, "reference": "maml", "comparisons": [["anil", "maml"]]})
 
 
 def test_unknown_top_level_key():

@@ -160,6 +160,15 @@ class Study:
         ref = self.params.get("reference")
         if ref is not None and ref not in self.params["methods"]:
             raise UserError(f"params key 'reference' names method {ref!r}; defined methods: {', '.join(self.methods)}")
+        if ref is not None and self.params.get("comparisons"):
+            raise UserError("params keys 'reference' and 'comparisons' both choose compare.md's pairs; keep one")
+        for i, (a, b) in enumerate(self.comparisons or []):
+            for meth in (a, b):
+                if meth not in self.params["methods"]:
+                    raise UserError(f"params key 'comparisons[{i}]' names method {meth!r}; defined methods: "
+                                    f"{', '.join(self.methods)}")
+            if a == b:
+                raise UserError(f"params key 'comparisons[{i}]' compares {a!r} with itself; name two methods")
         from mtml.analysis.compare import check_published
 
         check_published(self.params)
@@ -179,6 +188,12 @@ class Study:
     def reference(self) -> str | None:
         """The method others are compared with (None: every pair)."""
         return self.params.get("reference")
+
+    @property
+    def comparisons(self) -> list[tuple[str, str]] | None:
+        """Planned [method, versus] pairs for compare.md (None: `reference` or every pair)."""
+        pairs = self.params.get("comparisons")
+        return [tuple(p) for p in pairs] if pairs else None
 
     @property
     def published(self) -> dict:

@@ -72,7 +72,7 @@ def dvc_stages(layout: Layout) -> dict:
             "outs": [{r(run_dir / n): {"cache": False}} for n in EVAL_FILES]}
     runs = r(layout.metrics / "runs")
     # (DVC fails on a params key the file lacks: `reference` and `published` only when given.)
-    compared = [k for k in ("reference", "published") if study.params.get(k)]
+    compared = [k for k in ("reference", "comparisons", "published") if study.params.get(k)]
     stages["aggregate"] = {
         "cmd": "python -m mtml aggregate --dvc", "deps": [runs], "params": ["experiments", "methods"] + compared,
         "metrics": [{r(layout.summary("summary.json")): {"cache": False}},

@@ -45,6 +45,7 @@ rule aggregate:
         methods=STUDY.methods,
         seeds=STUDY.seeds,
         reference=STUDY.reference,
+        comparisons=STUDY.comparisons,
         published=STUDY.published,
     shell:
         f"python -m mtml aggregate --threads 1 > {{log}} 2>&1"

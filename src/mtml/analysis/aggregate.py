@@ -215,7 +215,7 @@ def aggregate(study, layout) -> pd.DataFrame:
     published = published_comparison(frame, study.published) if study.published else None
     write_text(layout.summary("summary.md"), "# Results\n\n" + markdown_summary(frame, published)
                + "\n" + timing_table(frame))
-    compared = paired_comparisons(episodes, reference=study.reference)
+    compared = paired_comparisons(episodes, reference=study.reference, pairs=study.comparisons)
     write_compare(metrics_root, compared)
     forest_plot(compared, metrics_root / "plots" / "compare.png")
     plot_accuracy(frame, metrics_root / "plots" / "accuracy.png")

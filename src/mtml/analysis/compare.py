@@ -488,27 +488,38 @@ def _mean_ci95(values: np.ndarray) -> tuple[float, float]:
 
 
 def paired_comparisons(per_episode: pd.DataFrame, reference: str | None = None, alpha: float = 0.05,
-                       resamples: int = 2000, seed: int = 0, interval: str = "expanded") -> pd.DataFrame:
+                       resamples: int = 2000, seed: int = 0, interval: str = "expanded",
+                       pairs: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Paired comparisons on shared episodes and seeds: every pair of methods (in order of
-    appearance, difference = earlier - later) or every method against `reference`
-    (difference = method - reference) within each experiment/split/dataset[/task].
-    Columns: `CompareRows`; the verdict follows the Holm-adjusted p_combined."""
+    appearance, difference = earlier - later), every method against `reference`
+    (difference = method - reference) or the planned `pairs` (method, versus), within each
+    experiment/split/dataset[/task]. Columns: `CompareRows`; the verdict follows the
+    Holm-adjusted p_combined (Holm over the pairs compared, so planned pairs lose less power)."""
     df = _prepare(per_episode)
     if reference is not None and reference not in set(df["method"]):
         raise UserError(f"params key 'reference' names method {reference!r}, which has no results; "
                         f"methods: {', '.join(dict.fromkeys(df['method']))}")
+    if reference is not None and pairs:
+        raise UserError("give either a reference method or planned comparison pairs, not both")
+    if pairs:
+        missing = sorted({m for p in pairs for m in p} - set(df["method"]))
+        if missing:
+            raise UserError(f"params key 'comparisons' names method(s) {', '.join(missing)} with no results; "
+                            f"methods: {', '.join(dict.fromkeys(df['method']))}")
     strata = _strata(df)
     rows = []
     for key, g in df.groupby(strata, sort=False):
         methods = list(dict.fromkeys(g["method"]))
         mats = {m: _matrix(gm) for m, gm in g.groupby("method", sort=False)}
-        if reference is None:
-            pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+        if pairs:  # planned pairs; a stratum may lack some methods (e.g. one experiment's)
+            chosen = [(a, b) for a, b in pairs if a in mats and b in mats]
+        elif reference is None:
+            chosen = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
         elif reference in mats:
-            pairs = [(m, reference) for m in methods if m != reference]
+            chosen = [(m, reference) for m in methods if m != reference]
         else:
             continue
-        for a, b in pairs:
+        for a, b in chosen:
             seeds = mats[a].index.intersection(mats[b].index)
             eps = mats[a].columns.intersection(mats[b].columns)
             where = "/".join(map(str, key)) + f" {a} vs {b}"
