@@ -95,6 +95,11 @@ def test_the_check_command_fails_naming_the_block(tmp_path, monkeypatch, capsys)
     ("<!-- results:s split=train -->\n<!-- /results -->\n", "no rows match split=train"),
     ("<!-- results:s versus=maml -->\n<!-- /results -->\n", "versus= only applies to table=compare"),
     ("<!-- results:s -->\nno closing marker\n", "lacks its closing"),
+    ("<!-- results:s table=file -->\n<!-- /results -->\n", "table=file takes one option, path="),
+    ("<!-- results:s path=a.md -->\n<!-- /results -->\n", "path= needs table=file"),
+    ("<!-- results:s table=file path=a.md split=test -->\n<!-- /results -->\n", "table=file takes one option"),
+    ("<!-- results:s table=file path=../../README.md -->\n<!-- /results -->\n", "must be a relative .md file under"),
+    ("<!-- results:s table=file path=analysis/none.md -->\n<!-- /results -->\n", "metrics/s/analysis/none.md is missing"),
 ])
 def test_a_bad_block_stops_with_one_line(tmp_path, block, message):
     root = _project(tmp_path, block)
@@ -173,6 +178,20 @@ def test_tasks_table_puts_each_task_in_a_column_against_one_method(tmp_path):
     (tmp_path / "README.md").write_text("<!-- results:mt table=tasks -->\n<!-- /results -->\n")
     with pytest.raises(UserError, match="README.md:1 .*table=tasks compares every method with one: add versus="):
         update(tmp_path)
+
+
+def test_file_block_copies_an_analysis_table_and_follows_it(tmp_path):
+    """table=file: an analysis' markdown table verbatim, without its title line; an edit of
+    the file makes the block stale."""
+    root = _project(tmp_path, "<!-- results:s table=file path=analysis/a/t.md -->\nold\n<!-- /results -->\n")
+    table = "| method | x |\n|---|---|\n| maml | 1.00 |"
+    (root / "metrics/s/analysis/a").mkdir(parents=True)
+    (root / "metrics/s/analysis/a/t.md").write_text(f"# The analysis' title\n\n{table}\n")
+    assert update(root) == ["README.md:4 (results:s)"]
+    text = (root / "README.md").read_text()
+    assert f"-->\n{table}\n\n<!-- /results -->" in text and "title" not in text
+    (root / "metrics/s/analysis/a/t.md").write_text(table.replace("1.00", "2.00"))
+    assert update(root, check=True) == ["README.md:4 (results:s)"]
 
 
 def test_mtl_block_reads_the_mtl_table_analysis(tmp_path):

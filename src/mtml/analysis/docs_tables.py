@@ -2,7 +2,7 @@
 
 A marked block in a markdown file
 
-    <!-- results:<study> table=summary|compare|tasks|mtl [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
+    <!-- results:<study> table=summary|compare|tasks|mtl|file [path=P] [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
     (generated: leave it to `python -m mtml docs-tables`)
     <!-- /results -->
 
@@ -13,7 +13,9 @@ method against M, pairs stored as M − X read as X − M; table=tasks, for mult
 the same comparisons against `versus=M` as one table per split, a row per method and a column
 per task) or, table=mtl, `metrics/<study>/analysis/mtl-table/table.json` (Delta-MTL and
 Delta-Acc against the single-task baseline with their CI and verdict, one table per experiment
-and split). The other options keep the rows whose column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
+and split) or, table=file path=P, the markdown file metrics/<study>/P that an analysis wrote,
+verbatim (e.g. path=analysis/paper-table/paper_table.md). The other options keep the rows
+whose column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
 differs from what the files give, so a documented number cannot drift from the committed
 results.
 """
@@ -34,7 +36,7 @@ DOCUMENTS = ("README.md", "docs/*.md")
 BLOCK = re.compile(r"^<!-- results:(?P<study>[\w.-]+)(?P<options>[^>\n]*?)\s*-->\n(?P<body>.*?)^<!-- /results -->",
                    re.DOTALL | re.MULTILINE)
 OPENING = re.compile(r"^<!-- results:", re.MULTILINE)
-TABLES = ("summary", "compare", "tasks", "mtl")
+TABLES = ("summary", "compare", "tasks", "mtl", "file")
 MTL_TABLE = Path("analysis") / "mtl-table" / "table.json"  # under metrics/<study>/
 FILTERS = ("experiment", "split", "dataset", "task", "method", "versus")
 GROUP = ("experiment", "split", "dataset", "task")
@@ -46,8 +48,8 @@ def _options(text: str, where: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not value:
             raise UserError(f"{where}: option {item!r} is not key=value (e.g. table=summary split=test)")
-        if key != "table" and key not in FILTERS:
-            raise UserError(f"{where}: unknown option {key!r}; use table=, {'=, '.join(FILTERS)}=")
+        if key not in ("table", "path") and key not in FILTERS:
+            raise UserError(f"{where}: unknown option {key!r}; use table=, path=, {'=, '.join(FILTERS)}=")
         options[key] = value
     table = options.setdefault("table", "summary")
     if table not in TABLES:
@@ -56,7 +58,26 @@ def _options(text: str, where: str) -> dict:
         raise UserError(f"{where}: versus= only applies to table=compare and table=tasks")
     if table == "tasks" and "versus" not in options:
         raise UserError(f"{where}: table=tasks compares every method with one: add versus=<method>")
+    if (table == "file") != ("path" in options) or (table == "file" and set(options) - {"table", "path"}):
+        raise UserError(f"{where}: table=file takes one option, path=<a .md file under metrics/<study>/> "
+                        "(e.g. path=analysis/paper-table/paper_table.md), and path= needs table=file")
     return options
+
+
+def _file(root: Path, study: str, relative: str, where: str) -> str:
+    """table=file: a markdown table an analysis wrote, verbatim (its own title line dropped:
+    the document around the block names it)."""
+    folder = root / "metrics" / study
+    path = folder / relative
+    if not relative.endswith(".md") or Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise UserError(f"{where}: path={relative} must be a relative .md file under metrics/{study}/")
+    if not path.exists():
+        raise UserError(f"{where}: {path.relative_to(root)} is missing; run the study "
+                        f"(snakemake --cores 2 all --configfile configs/{study}.yaml) and commit its metrics")
+    lines = path.read_text().strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join(lines).strip()
 
 
 def _rows(root: Path, study: str, table: str, where: str) -> list[dict]:
@@ -207,6 +228,8 @@ def mtl_rows_table(rows: list[dict]) -> str:
 
 def render(root: Path, study: str, options: dict, where: str) -> str:
     table = options["table"]
+    if table == "file":
+        return _file(root, study, options["path"], where) + "\n\n"
     rows = _select(_rows(root, study, table, where), options, where)
     draw = {"summary": summary_table, "compare": compare_table, "tasks": tasks_table, "mtl": mtl_rows_table}[table]
     # a blank line before the closing marker, so no renderer takes it for part of the table
