@@ -423,6 +423,46 @@ def test_transference_analysis_writes_its_figures(trained):
     assert np.array(summary["mode_matrix"]["maml"]["mean_ratio"]).shape == (3, 3)
 
 
+def test_multimodal_table_folds_the_training_seeds(tmp_path):
+    """With several seeds each paired difference covers every seed (combined CI, as compare.md),
+    not the first seed's episodes only; a missing seed names its file."""
+    from mtml.analysis.multimodal import differences, markdown
+    from mtml.layout import Layout
+
+    study = make_study({**tiny_multimodal(methods={"maml": SMALL, "mmaml": COND}).params, "seeds": [0, 1]}, ["mm.yaml"])
+    layout = Layout(tmp_path, study)
+    rng = np.random.default_rng(3)
+    base = rng.uniform(30, 90, size=(len(MODES), 10))
+    acc = {}
+    for seed, offset in ((0, 1.0), (1, 6.0)):  # mmaml's gain differs between the seeds
+        for meth, shift in (("maml", 0.0), ("mmaml", offset)):
+            acc[meth, seed] = base + shift + rng.normal(0, 2, size=base.shape)
+            rows = [{"split": "test", "dataset": ds, "mode": i, "episode": e, "accuracy": acc[meth, seed][i, e]}
+                    for i, ds in enumerate(MODES) for e in range(10)]
+            path = layout.run_dir("mm", meth, seed) / "episodes.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(path, index=False)
+    frame = pd.DataFrame({"experiment": "mm", "method": ["maml", "mmaml"], "algorithm": ["maml", "mmaml"]})
+    diffs = differences(layout, frame, study).set_index("dataset")
+    truth = np.mean([acc["mmaml", s] - acc["maml", s] for s in (0, 1)], axis=0)
+    assert diffs.loc["all", "difference"] == pytest.approx(truth.mean(), abs=1e-4)
+    assert diffs.loc["shapes", "difference"] == pytest.approx(truth[2].mean(), abs=1e-4)
+    assert (diffs["seeds"] == 2).all() and diffs.loc["all", "episodes"] == 30
+    assert (diffs["ci_low"] < diffs["difference"]).all() and (diffs["difference"] < diffs["ci_high"]).all()
+    # the seeds disagree by 5 points: the combined CI is wider than the episode-only one
+    assert (diffs["ci_high"] - diffs["ci_low"] > 2 * diffs["ci95"]).all()
+    cells = pd.DataFrame([{"experiment": "mm", "method": m, "algorithm": m, "dataset": d, "episodes": 10,
+                           "accuracy": 50.0, "ci95": 1.0, "ci_low": 48.0, "ci_high": 52.5}
+                          for m in ("maml", "mmaml") for d in [*MODES, "all"]])
+    md = markdown(study, cells, diffs.reset_index())
+    assert "mean over 2 training seeds [combined 95% CI" in md and "| maml | maml | 50.00 [48.00, 52.50] |" in md
+    d = diffs.loc["all"]
+    assert f"{d['difference']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] |" in md
+    (layout.run_dir("mm", "maml", 1) / "episodes.csv").unlink()
+    with pytest.raises(UserError, match=r"maml/seed-1/episodes.csv is missing"):
+        differences(layout, frame, study)
+
+
 @pytest.mark.slow  # shares one end-to-end run of all 8 methods (about 30 s of CPU)
 def test_multimodal_table_lays_out_every_method_and_mode_with_paired_differences(trained):
     from mtml.analysis.registry import get_analysis

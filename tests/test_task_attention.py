@@ -23,6 +23,7 @@ from mtml.methods.task_weighting import (
     inequality,
     theil,
 )
+from mtml.params import study as make_study
 
 SHAPE = (1, 16, 16)
 
@@ -324,6 +325,28 @@ def test_paper_table_marks_settings_not_run(tmp_path):
     assert len(table) == 2 * 4
     run = table[table["status"] == "run"]
     assert run[["method", "ways", "shots", "accuracy"]].values.tolist() == [["maml", 5, 1, 50.0]]
+
+
+def test_paper_table_shows_the_combined_ci_with_several_seeds(tmp_path):
+    from mtml.analysis.task_attention import paper_table_analysis
+    from mtml.layout import Layout
+
+    from pipeline_helpers import tiny_params
+
+    params = tiny_params(experiments={"a": {"dataset": "glyphs", "ways": 5, "shots": 1}},
+                         methods={"maml": {}, "ta-maml": {"meta_batch": 2}})
+    row = {"experiment": "a", "dataset": "glyphs", "split": "test", "method": "maml", "ways": 5, "shots": 1,
+           "accuracy": 50.0, "ci95": 1.0, "ci_low": 46.5, "ci_high": 52.25, "seed": "all", "seeds": 3}
+    for seeds, cell in (([0, 1, 2], "| maml | 50.00 [46.50, 52.25] | not run |"), ([0], "| maml | 50.00 ± 1.00 | not run |")):
+        study = make_study({**params.params, "seeds": seeds}, ["p.yaml"])
+        layout = Layout(tmp_path / str(len(seeds)), study)
+        layout.summary("summary.json").parent.mkdir(parents=True)
+        layout.summary("summary.json").write_text(json.dumps({"a/maml/test/glyphs": row}))
+        out = tmp_path / f"out{len(seeds)}"
+        out.mkdir()
+        paper_table_analysis(study, layout, out)
+        md = (out / "paper_table.md").read_text()
+        assert cell in md and ("mean over 3 training seeds [combined 95% CI]" in md) == (len(seeds) == 3)
 
 
 def test_docs_list_every_hyperparameter_of_the_papers_methods():

@@ -9,6 +9,12 @@ against `maml`; `mprotonet`, `mprotonet-kml`, `multi-protonet` against `protonet
 mean per-episode difference and its 95% CI: a paired comparison, tighter than comparing
 the two methods' CIs.
 
+With several training seeds (params `seeds`) every cell is the mean over seeds and its CI
+the combined one of metrics/summary.json (training and episode variance, docs/statistics.md),
+shown as [low, high]; each difference is paired on seeds and episodes and its CI is
+`compare.compare_pair`'s (the hierarchical bootstrap of compare.md). One seed: mean ± the
+episode CI, as eval.json.
+
 Writes `table.md`, `table.csv` (one row per experiment, method and mode) and
 `differences.csv` under metrics/analysis/multimodal-table/.
 """
@@ -17,9 +23,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mtml.analysis.aggregate import collect
+from mtml.analysis.compare import _rng, compare_pair
+from mtml.analysis.seed_rows import seed_episodes
 from mtml.errors import UserError
 from mtml.evaluation.stats import mean_ci95
 from mtml.kinds.multimodal import ALL
@@ -56,9 +65,26 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float, i
     return mean, ci, len(merged)
 
 
-def differences(layout, frame: pd.DataFrame) -> pd.DataFrame:
+def seed_difference(a: pd.DataFrame, b: pd.DataFrame, where: str) -> dict:
+    """accuracy(a) - accuracy(b) paired on seeds and (dataset, episode): the combined CI of
+    compare.md over the [seeds x episodes] matrix of differences."""
+    mats = [x.pivot(index="seed", columns=["dataset", "episode"], values="accuracy") for x in (a, b)]
+    if not mats[0].index.equals(mats[1].index) or not mats[0].columns.equals(mats[1].columns) \
+            or mats[0].isna().any().any() or mats[1].isna().any().any():
+        raise UserError(f"{where}: a paired comparison needs the same seeds and test episodes in both runs; "
+                        f"rerun the evaluate stages of both methods")
+    xa, xb = (m.to_numpy(np.float64) for m in mats)
+    pair = compare_pair(xa, xb, _rng(0, where), resamples=2000)
+    ci95 = float(mean_ci95(xa.mean(axis=0) - xb.mean(axis=0))[1])  # episode-only, for reference
+    return {"seeds": pair["seeds"], "episodes": pair["episodes"], "difference": pair["difference"],
+            "ci95": ci95, "ci_low": pair["ci_low"], "ci_high": pair["ci_high"]}
+
+
+def differences(layout, frame: pd.DataFrame, study=None) -> pd.DataFrame:
     """Paired differences of each method with a base (BASES) against the first method of
-    that base algorithm in params, per mode and over all modes."""
+    that base algorithm in params, per mode and over all modes; over every training seed of
+    `study` when it has several (module docstring)."""
+    seeds = list(study.seeds) if study is not None else [None]
     rows = []
     for exp, g in frame.groupby("experiment", sort=False):
         algorithms = dict(zip(g["method"], g["algorithm"]))
@@ -66,22 +92,41 @@ def differences(layout, frame: pd.DataFrame) -> pd.DataFrame:
             base = next((m for m, a in algorithms.items() if a == BASES.get(alg)), None)
             if base is None:
                 continue
-            mine, theirs = _episodes(layout, exp, meth), _episodes(layout, exp, base)
+            if len(seeds) > 1:
+                mine, theirs = (seed_episodes(study, layout, exp, m) for m in (meth, base))
+            else:
+                mine, theirs = _episodes(layout, exp, meth), _episodes(layout, exp, base)
             for dataset in [*dict.fromkeys(mine["dataset"]), ALL]:
                 if dataset == ALL:
                     a, b = mine, theirs
                 else:
                     a, b = mine[mine["dataset"] == dataset], theirs[theirs["dataset"] == dataset]
-                mean, ci, n = paired_difference(a, b)
-                rows.append({"experiment": exp, "method": meth, "base": base, "dataset": dataset,
-                             "episodes": n, "difference": round(mean, 4), "ci95": round(ci, 4)})
-    return pd.DataFrame(rows, columns=["experiment", "method", "base", "dataset", "episodes", "difference", "ci95"])
+                row = {"experiment": exp, "method": meth, "base": base, "dataset": dataset}
+                if len(seeds) > 1:
+                    d = seed_difference(a, b, f"{exp}/{meth} vs {base} ({dataset})")
+                    rows.append({**row, **{k: round(v, 4) for k, v in d.items()}})
+                else:
+                    mean, ci, n = paired_difference(a, b)
+                    rows.append({**row, "seeds": 1, "episodes": n, "difference": round(mean, 4), "ci95": round(ci, 4),
+                                 "ci_low": round(mean - ci, 4), "ci_high": round(mean + ci, 4)})
+    return pd.DataFrame(rows, columns=["experiment", "method", "base", "dataset", "seeds", "episodes", "difference",
+                                       "ci95", "ci_low", "ci_high"])
 
 
 def markdown(study, frame: pd.DataFrame, diffs: pd.DataFrame) -> str:
-    lines = ["# Multimodal results", "",
-             "Test accuracy (%) ± 95% CI over the fixed episodes of each mode (the same episodes for every "
-             "method), and over all modes together.", ""]
+    several = len(study.seeds) > 1
+    if several:
+        intro = (f"Test accuracy (%), mean over {len(study.seeds)} training seeds [combined 95% CI: seeds and "
+                 "episodes], on the fixed episodes of each mode (the same episodes for every method and "
+                 "seed), and over all modes together.")
+    else:
+        intro = ("Test accuracy (%) ± 95% CI over the fixed episodes of each mode (the same episodes for every "
+                 "method), and over all modes together (one training seed: the CI covers episodes only).")
+    def cell(r) -> str:
+        return (f"{r['accuracy']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if several
+                else f"{r['accuracy']:.2f} ± {r['ci95']:.2f}")
+
+    lines = ["# Multimodal results", "", intro, ""]
     for exp, g in frame.groupby("experiment", sort=False):
         e = study.experiment(exp)
         modes = [d for d in dict.fromkeys(g["dataset"]) if d != ALL]
@@ -90,17 +135,20 @@ def markdown(study, frame: pd.DataFrame, diffs: pd.DataFrame) -> str:
                   "| method | algorithm | " + " | ".join(modes) + f" | all modes ({total} episodes) |",
                   "|---" * (len(modes) + 3) + "|"]
         for meth, m in g.groupby("method", sort=False):
-            cells = {r["dataset"]: f"{r['accuracy']:.2f} ± {r['ci95']:.2f}" for _, r in m.iterrows()}
+            cells = {r["dataset"]: cell(r) for _, r in m.iterrows()}
             lines.append(f"| {meth} | {m['algorithm'].iloc[0]} | "
                          + " | ".join(cells.get(d, "-") for d in [*modes, ALL]) + " |")
         d = diffs[diffs["experiment"] == exp]
         if len(d):
-            lines += ["", "Paired differences with the base method (accuracy points, mean over the same "
-                      "episodes ± 95% CI; positive: the method is better):", "",
+            how = ("mean over the same seeds and episodes [combined 95% CI]" if several
+                   else "mean over the same episodes ± 95% CI")
+            lines += ["", f"Paired differences with the base method (accuracy points, {how}; positive: the "
+                      "method is better):", "",
                       "| method | base | " + " | ".join(modes) + " | all modes |",
                       "|---" * (len(modes) + 3) + "|"]
             for (meth, base), m in d.groupby(["method", "base"], sort=False):
-                cells = {r["dataset"]: f"{r['difference']:+.2f} ± {r['ci95']:.2f}" for _, r in m.iterrows()}
+                cells = {r["dataset"]: (f"{r['difference']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if several
+                                        else f"{r['difference']:+.2f} ± {r['ci95']:.2f}") for _, r in m.iterrows()}
                 lines.append(f"| {meth} | {base} | " + " | ".join(cells.get(x, "-") for x in [*modes, ALL]) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -110,10 +158,10 @@ def multimodal_table(study, layout, out_dir: Path) -> None:
     exps = _multimodal_experiments(study)
     frame = collect(study, layout)
     frame = frame[frame["experiment"].isin(exps)].reset_index(drop=True)
-    diffs = differences(layout, frame)
+    diffs = differences(layout, frame, study)
     out_dir = Path(out_dir)
-    columns = ["experiment", "method", "algorithm", "dataset", "episodes", "accuracy", "ci95",
-               "nil_accuracy", "nil_ci95"]
+    columns = ["experiment", "method", "algorithm", "dataset", "seeds", "episodes", "accuracy", "ci95",
+               "ci_low", "ci_high", "nil_accuracy", "nil_ci95"]
     with atomic_path(out_dir / "table.csv") as tmp:
         frame[columns].to_csv(tmp, index=False)
     with atomic_path(out_dir / "differences.csv") as tmp:
