@@ -50,9 +50,9 @@ def _study():
     return tiny_params(methods={"metalstm": {"filters": 4}, "metalstm++": {"filters": 4}, "protonet": {"filters": 4}})
 
 
-def _write_run(layout, meth, per_update):
+def _write_run(layout, meth, per_update, seed=None):
     """A run folder with the given per-update losses (a list per iteration)."""
-    d = layout.run_dir("tiny", meth)
+    d = layout.run_dir("tiny", meth, seed)
     d.mkdir(parents=True)
     (d / "trace.jsonl").write_text("".join(json.dumps({"iteration": i + 1, "update_losses": u}) + "\n"
                                            for i, u in enumerate(per_update)))
@@ -78,6 +78,28 @@ def test_the_analysis_measures_each_method_in_both_views(tmp_path):
     assert table.loc[("metalstm++", "update"), "detrended_sd"] < 1e-9
     assert (out / "oscillation.png").read_bytes()[:4] == b"\x89PNG"
     assert "| tiny | metalstm | update | 180 |" in (out / "oscillation.md").read_text()
+
+
+def test_with_several_seeds_the_table_is_the_mean_of_the_seeds(tmp_path):
+    from mtml.params import study as make_study
+
+    study = make_study({**_study().params, "seeds": [0, 1]}, ["tiny.yaml"])
+    layout = Layout(tmp_path, study)
+    for seed, amplitude in ((0, 0.3), (1, 0.1)):
+        updates = np.linspace(1.6, 1.0, 180) + amplitude * (-1.0) ** np.arange(180)
+        _write_run(layout, "metalstm", updates.reshape(60, 3).tolist(), seed)
+        _write_run(layout, "metalstm++", [[t] for t in np.linspace(1.6, 1.0, 60)], seed)
+    out = tmp_path / "out"
+    out.mkdir()
+    metalstm_oscillation(study, layout, out)
+    per_seed = pd.read_csv(out / "oscillation.csv").set_index(["method", "view", "seed"])
+    assert math.isclose(per_seed.loc[("metalstm", "update", 0), "mean_abs_change"], 0.6, rel_tol=0.01)
+    assert math.isclose(per_seed.loc[("metalstm", "update", 1), "mean_abs_change"], 0.2, rel_tol=0.03)
+    md = (out / "oscillation.md").read_text()
+    assert "Pooled over 2 training seeds (0, 1)" in md and "| tiny | metalstm | update | 180 | " in md
+    mean = (per_seed.loc[("metalstm", "update", 0), "mean_abs_change"] + per_seed.loc[("metalstm", "update", 1),
+                                                                                    "mean_abs_change"]) / 2
+    assert f"| {mean:.4f} |" in md
 
 
 def test_the_analysis_names_what_is_missing(tmp_path):

@@ -327,6 +327,47 @@ def test_paper_table_marks_settings_not_run(tmp_path):
     assert run[["method", "ways", "shots", "accuracy"]].values.tolist() == [["maml", 5, 1, 50.0]]
 
 
+def test_attention_analyses_pool_every_training_seed(tmp_path):
+    """attention-trend, attention-correlation and ta-curves read each seed's trace and log: the
+    trend and curves are means over seeds, the correlation counts every seed's iterations."""
+    from mtml.analysis.task_attention import (
+        META_INFORMATION,
+        attention_correlation,
+        attention_trend,
+        ta_curves,
+    )
+    from mtml.layout import Layout
+
+    from pipeline_helpers import tiny_params
+
+    base = tiny_params(experiments={"a": {"dataset": "glyphs", "ways": 5, "shots": 1}},
+                       methods={"maml": {}, "ta-maml": {"meta_batch": 2}})
+    study = make_study({**base.params, "seeds": [0, 1]}, ["p.yaml"])
+    layout = Layout(tmp_path, study)
+    top = {0: 0.6, 1: 0.8}  # seed 1's attention is more peaked
+    for seed in (0, 1):
+        for meth in ("maml", "ta-maml"):
+            d = layout.run_dir("a", meth, seed)
+            d.mkdir(parents=True)
+            pd.DataFrame({"iteration": [10, 20], "loss": 1.0, "train_accuracy": 50.0,
+                          "val_accuracy": [40.0 + seed * 10, 50.0 + seed * 10]}).to_csv(d / "train_log.csv", index=False)
+        records = [{"iteration": i, "weights": [top[seed], 1 - top[seed]], "query_loss": [2.0, 1.0],
+                    **{c: [1.0, 0.0] for c in META_INFORMATION}} for i in range(1, 21)]
+        (layout.run_dir("a", "ta-maml", seed) / "trace.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records))
+    for name, analysis in (("trend", attention_trend), ("corr", attention_correlation), ("curves", ta_curves)):
+        (tmp_path / name).mkdir()
+        analysis(study, layout, tmp_path / name)
+    trend_md = (tmp_path / "trend/attention_trend.md").read_text()
+    assert "Pooled over 2 training seeds (0, 1)" in trend_md and "| a | ta-maml | 2 | 0.700 | 0.700 | 0.300 | 0.300 |" in trend_md
+    assert len(pd.read_csv(tmp_path / "trend/attention_trend.csv")) == 2 * 20
+    ranks = pd.read_csv(tmp_path / "corr/max_loss_task_rank.csv")
+    assert len(ranks) == 40 and set(ranks["seed"]) == {0, 1} and (ranks["rank"] == 1).all()
+    assert "| a | ta-maml | 1.00 of 2 | 1.00 |" in (tmp_path / "corr/attention_correlation.md").read_text()
+    # the best of the mean validation curve over seeds: (50 + 60) / 2 at iteration 20
+    assert "| a | ta-maml | yes | 55.00 | 20 |" in (tmp_path / "curves/ta_curves.md").read_text()
+
+
 def test_paper_table_shows_the_combined_ci_with_several_seeds(tmp_path):
     from mtml.analysis.task_attention import paper_table_analysis
     from mtml.layout import Layout

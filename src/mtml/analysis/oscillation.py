@@ -20,6 +20,9 @@ The measures of a loss sequence l_1..l_T (oscillation_measures):
   does not count as oscillation;
 - `reversal_rate`: share of consecutive changes that switch sign (1: a zigzag, 0: monotone;
   about 2/3 for independent noise).
+
+With several training seeds each measure is taken on every seed's sequence and the table
+shows their mean (oscillation.csv keeps one row per seed too); the plot draws the first seed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtml.analysis.task_attention import _cls, _pyplot, _save, _write, _write_text
+from mtml.analysis.task_attention import _cls, _pyplot, _save, _write, _write_text, seeds_note
 from mtml.errors import UserError
 
 ALGORITHMS = ("metalstm", "metalstm++")
@@ -63,10 +66,10 @@ def lstm_methods(study) -> list[str]:
     return methods
 
 
-def update_losses(layout, exp: str, meth: str) -> pd.DataFrame:
+def update_losses(layout, exp: str, meth: str, seed=None) -> pd.DataFrame:
     """One row per meta-update: its position in iterations (update k of n in iteration i is at
     i - 1 + (k + 1) / n) and its loss."""
-    path = layout.run_dir(exp, meth) / "trace.jsonl"
+    path = layout.run_dir(exp, meth, seed) / "trace.jsonl"
     if not path.exists():
         raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
     rows = []
@@ -80,8 +83,8 @@ def update_losses(layout, exp: str, meth: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["position", "loss"])
 
 
-def iteration_losses(layout, exp: str, meth: str) -> pd.DataFrame:
-    path = layout.run_dir(exp, meth) / "train_log.csv"
+def iteration_losses(layout, exp: str, meth: str, seed=None) -> pd.DataFrame:
+    path = layout.run_dir(exp, meth, seed) / "train_log.csv"
     if not path.exists():
         raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
     return pd.read_csv(path)[["iteration", "loss"]].rename(columns={"iteration": "position"})
@@ -101,28 +104,34 @@ def metalstm_oscillation(study, layout, out_dir: Path) -> None:
         for c, (view, title, read) in enumerate(VIEWS):
             ax = axes[r][c]
             for k, meth in enumerate(methods):
-                seq = read(layout, exp, meth)
-                curves.append(seq.assign(experiment=exp, method=meth, view=view))
-                ax.plot(seq["position"], seq["loss"], lw=0.7, c=f"C{k}", alpha=0.85,
-                        label=f"{meth} ({_cls(study, meth).algorithm})")
-                if len(seq) >= 3:
-                    rows.append({"experiment": exp, "method": meth, "algorithm": _cls(study, meth).algorithm,
-                                 "view": view, **oscillation_measures(seq["loss"])})
+                for s, seed in enumerate(study.seeds):
+                    seq = read(layout, exp, meth, seed)
+                    curves.append(seq.assign(experiment=exp, method=meth, view=view, seed=seed))
+                    if s == 0:
+                        ax.plot(seq["position"], seq["loss"], lw=0.7, c=f"C{k}", alpha=0.85,
+                                label=f"{meth} ({_cls(study, meth).algorithm}, seed {seed})")
+                    if len(seq) >= 3:
+                        rows.append({"experiment": exp, "method": meth, "algorithm": _cls(study, meth).algorithm,
+                                     "view": view, "seed": seed, **oscillation_measures(seq["loss"])})
             ax.set_title(f"{exp}: meta-loss {title}", fontsize=9)
             ax.set_xlabel("meta-iteration")
             ax.set_ylabel("meta-loss (query cross-entropy)")
             ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, Path(out_dir) / "oscillation.png")
-    table = pd.DataFrame(rows, columns=["experiment", "method", "algorithm", "view", "steps", "mean_loss",
-                                        "mean_abs_change", "detrended_sd", "reversal_rate"])
-    _write(table, Path(out_dir) / "oscillation.csv")
-    _write(pd.concat(curves)[["experiment", "method", "view", "position", "loss"]], Path(out_dir) / "trajectories.csv")
+    measures = ["steps", "mean_loss", "mean_abs_change", "detrended_sd", "reversal_rate"]
+    per_seed = pd.DataFrame(rows, columns=["experiment", "method", "algorithm", "view", "seed", *measures])
+    _write(per_seed, Path(out_dir) / "oscillation.csv")
+    table = per_seed.groupby(["experiment", "method", "algorithm", "view"], sort=False, as_index=False)[measures].mean()
+    _write(pd.concat(curves)[["experiment", "method", "view", "seed", "position", "loss"]],
+           Path(out_dir) / "trajectories.csv")
     lines = ["# Meta-loss oscillation: MetaLSTM vs MetaLSTM++ (Aimen et al. 2021, Fig. 1)", "",
              f"mean |change| between consecutive steps, sd about a centred {WINDOW}-step moving average, "
              "share of direction reversals (docs/task_attention.md).", "",
+             seeds_note(study) + (" Each measure is the mean of the seeds' values." if len(study.seeds) > 1 else ""),
+             "",
              "| experiment | method | view | steps | mean loss | mean abs change | detrended sd | reversal rate |",
              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {t.experiment} | {t.method} | {t.view} | {t.steps} | {t.mean_loss:.4f} | {t.mean_abs_change:.4f} | "
+    lines += [f"| {t.experiment} | {t.method} | {t.view} | {t.steps:.0f} | {t.mean_loss:.4f} | {t.mean_abs_change:.4f} | "
               f"{t.detrended_sd:.4f} | {t.reversal_rate:.2f} |" for t in table.itertuples()]
     _write_text("\n".join(lines) + "\n", Path(out_dir) / "oscillation.md")

@@ -48,14 +48,27 @@ def _require_attention(study, name: str) -> list[str]:
     return methods
 
 
-def read_trace(layout, exp: str, meth: str) -> list[dict]:
-    path = layout.run_dir(exp, meth) / "trace.jsonl"
+def seeds_note(study) -> str:
+    """The line each attention analysis' table starts with: which training seeds it pools."""
+    seeds = list(study.seeds)
+    return (f"Training seed {seeds[0]}." if len(seeds) == 1 else
+            f"Pooled over {len(seeds)} training seeds ({', '.join(map(str, seeds))}): every iteration of every seed "
+            "counts once; curves are the mean over seeds.")
+
+
+def read_trace(layout, exp: str, meth: str, seed=None) -> list[dict]:
+    path = layout.run_dir(exp, meth, seed) / "trace.jsonl"
     if not path.exists():
         raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not records:
         raise UserError(f"{path} is empty: {exp}/{meth} trained no iterations")
     return records
+
+
+def read_traces(study, layout, exp: str, meth: str) -> list[dict]:
+    """Every training seed's trace records, each with its `seed`."""
+    return [{**r, "seed": seed} for seed in study.seeds for r in read_trace(layout, exp, meth, seed)]
 
 
 def _pyplot():
@@ -92,8 +105,18 @@ def _grid(plt, n: int, width: float = 5.0, height: float = 3.6):
 
 
 def attention_extremes(records: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"iteration": r["iteration"], "max_weight": max(r["weights"]),
+    return pd.DataFrame([{"seed": r.get("seed", 0), "iteration": r["iteration"], "max_weight": max(r["weights"]),
                           "min_weight": min(r["weights"]), "tasks": len(r["weights"])} for r in records])
+
+
+def _first_last(ext: pd.DataFrame, column: str) -> tuple[float, float]:
+    """Mean of `column` over the first and the last 10% of each seed's iterations, averaged over seeds."""
+    heads, tails = [], []
+    for _, g in ext.groupby("seed", sort=False):
+        tenth = max(1, len(g) // 10)
+        heads.append(g[column].iloc[:tenth].mean())
+        tails.append(g[column].iloc[-tenth:].mean())
+    return float(np.mean(heads)), float(np.mean(tails))
 
 
 def attention_trend(study, layout, out_dir: Path) -> None:
@@ -101,21 +124,20 @@ def attention_trend(study, layout, out_dir: Path) -> None:
     plt = _pyplot()
     exps = study.experiments
     fig, axes = _grid(plt, len(exps))
-    frames, lines = [], ["# Attention weights: largest and smallest per meta-batch", "",
+    frames, lines = [], ["# Attention weights: largest and smallest per meta-batch", "", seeds_note(study), "",
                          "| experiment | method | tasks | max (first 10%) | max (last 10%) | min (first 10%) | min (last 10%) |",
                          "|---|---|---|---|---|---|---|"]
     for ax, exp in zip(axes, exps):
         for k, meth in enumerate(methods):
-            ext = attention_extremes(read_trace(layout, exp, meth))
+            ext = attention_extremes(read_traces(study, layout, exp, meth))
             frames.append(ext.assign(experiment=exp, method=meth))
             colour = f"C{k}"
-            ax.plot(ext["iteration"], ext["max_weight"], c=colour, lw=1, label=f"{meth} max")
-            ax.plot(ext["iteration"], ext["min_weight"], c=colour, lw=1, ls="--", label=f"{meth} min")
-            tenth = max(1, len(ext) // 10)
-            head, tail = ext.iloc[:tenth], ext.iloc[-tenth:]
-            lines.append(f"| {exp} | {meth} | {int(ext['tasks'].iloc[0])} | {head['max_weight'].mean():.3f} | "
-                         f"{tail['max_weight'].mean():.3f} | {head['min_weight'].mean():.3f} | "
-                         f"{tail['min_weight'].mean():.3f} |")
+            curve = ext.groupby("iteration", sort=True)[["max_weight", "min_weight"]].mean()
+            ax.plot(curve.index, curve["max_weight"], c=colour, lw=1, label=f"{meth} max")
+            ax.plot(curve.index, curve["min_weight"], c=colour, lw=1, ls="--", label=f"{meth} min")
+            (max_head, max_tail), (min_head, min_tail) = _first_last(ext, "max_weight"), _first_last(ext, "min_weight")
+            lines.append(f"| {exp} | {meth} | {int(ext['tasks'].iloc[0])} | {max_head:.3f} | {max_tail:.3f} | "
+                         f"{min_head:.3f} | {min_tail:.3f} |")
         n = frames[-1]["tasks"].iloc[0]
         ax.axhline(1 / n, c="gray", lw=1, ls=":", label=f"uniform 1/{n}")
         ax.set_title(f"{exp}: attention weight extremes per batch", fontsize=9)
@@ -124,7 +146,7 @@ def attention_trend(study, layout, out_dir: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, Path(out_dir) / "attention_trend.png")
-    cols = ["experiment", "method", "iteration", "tasks", "max_weight", "min_weight"]
+    cols = ["experiment", "method", "seed", "iteration", "tasks", "max_weight", "min_weight"]
     _write(pd.concat(frames)[cols], Path(out_dir) / "attention_trend.csv")
     _write_text("\n".join(lines) + "\n", Path(out_dir) / "attention_trend.md")
 
@@ -154,7 +176,7 @@ def max_loss_rank(records: list[dict]) -> pd.DataFrame:
         w, loss = np.asarray(r["weights"]), np.asarray(r["query_loss"])
         order = np.argsort(-w, kind="stable")
         rank = int(np.nonzero(order == int(np.argmax(loss)))[0][0]) + 1
-        rows.append({"iteration": r["iteration"], "rank": rank, "tasks": len(w)})
+        rows.append({"seed": r.get("seed", 0), "iteration": r["iteration"], "rank": rank, "tasks": len(w)})
     return pd.DataFrame(rows)
 
 
@@ -168,7 +190,7 @@ def attention_correlation(study, layout, out_dir: Path) -> None:
     width = 0.8 / len(methods)
     for ax_a, ax_b, exp in zip(axes_a, axes_b, exps):
         for k, meth in enumerate(methods):
-            records = read_trace(layout, exp, meth)
+            records = read_traces(study, layout, exp, meth)
             corr = component_correlations(records)
             means = [float(corr[c].mean()) for c in META_INFORMATION]  # NaN-skipping mean
             for comp, m in zip(META_INFORMATION, means):
@@ -177,9 +199,10 @@ def attention_correlation(study, layout, out_dir: Path) -> None:
             ax_a.bar(np.arange(len(META_INFORMATION)) + k * width, np.nan_to_num(means), width, label=meth)
             ranks = max_loss_rank(records)
             rank_frames.append(ranks.assign(experiment=exp, method=meth))
-            window = max(1, len(ranks) // 20)
+            mean_rank = ranks.groupby("iteration", sort=True)["rank"].mean()  # over seeds
+            window = max(1, len(mean_rank) // 20)
             ax_b.scatter(ranks["iteration"], ranks["rank"], s=4, c=f"C{k}", alpha=0.25)
-            ax_b.plot(ranks["iteration"], ranks["rank"].rolling(window, min_periods=1).mean(), c=f"C{k}",
+            ax_b.plot(mean_rank.index, mean_rank.rolling(window, min_periods=1).mean(), c=f"C{k}",
                       label=f"{meth} (mean of {window})")
         ax_a.set_xticks(np.arange(len(META_INFORMATION)) + width * (len(methods) - 1) / 2)
         ax_a.set_xticklabels(META_INFORMATION, fontsize=8)
@@ -203,8 +226,9 @@ def attention_correlation(study, layout, out_dir: Path) -> None:
     corr = pd.DataFrame(corr_rows)
     ranks = pd.concat(rank_frames)
     _write(corr, Path(out_dir) / "meta_information_correlation.csv")
-    _write(ranks[["experiment", "method", "iteration", "tasks", "rank"]], Path(out_dir) / "max_loss_task_rank.csv")
-    lines = ["# Meta-information and attention", "",
+    _write(ranks[["experiment", "method", "seed", "iteration", "tasks", "rank"]],
+           Path(out_dir) / "max_loss_task_rank.csv")
+    lines = ["# Meta-information and attention", "", seeds_note(study), "",
              "Mean Pearson correlation with the attention weights (over iterations):", "",
              "| experiment | method | " + " | ".join(META_INFORMATION) + " |",
              "|---|---|" + "---|" * len(META_INFORMATION)]
@@ -231,11 +255,15 @@ def attention_pairs(study) -> list[tuple[str, list[str]]]:
     return pairs
 
 
-def _val_log(layout, exp: str, meth: str) -> pd.DataFrame:
-    path = layout.run_dir(exp, meth) / "train_log.csv"
-    if not path.exists():
-        raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} first")
-    return pd.read_csv(path).dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]]
+def _val_log(study, layout, exp: str, meth: str) -> pd.DataFrame:
+    """Validation accuracy per iteration, the mean over the training seeds."""
+    logs = []
+    for seed in study.seeds:
+        path = layout.run_dir(exp, meth, seed) / "train_log.csv"
+        if not path.exists():
+            raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} seed {seed} first")
+        logs.append(pd.read_csv(path).dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]])
+    return pd.concat(logs).groupby("iteration", as_index=False)["val_accuracy"].mean()
 
 
 def ta_curves(study, layout, out_dir: Path) -> None:
@@ -243,14 +271,14 @@ def ta_curves(study, layout, out_dir: Path) -> None:
     plt = _pyplot()
     exps = study.experiments
     fig, axes = plt.subplots(len(exps), len(pairs), figsize=(4.6 * len(pairs), 3.4 * len(exps)), squeeze=False)
-    frames, lines = [], ["# Validation accuracy with and without task attention", "",
+    frames, lines = [], ["# Validation accuracy with and without task attention", "", seeds_note(study), "",
                          "| experiment | method | with attention | best val accuracy (%) | at iteration |",
                          "|---|---|---|---|---|"]
     for row, exp in enumerate(exps):
         for col, (ta, bases) in enumerate(pairs):
             ax = axes[row][col]
             for k, meth in enumerate([ta, *bases]):
-                log = _val_log(layout, exp, meth)
+                log = _val_log(study, layout, exp, meth)
                 frames.append(log.assign(experiment=exp, method=meth))
                 ax.plot(log["iteration"], log["val_accuracy"], marker="o", ms=3, c=f"C{k}",
                         ls="-" if meth == ta else "--", label=meth)
