@@ -186,10 +186,10 @@ def test_file_block_copies_an_analysis_table_and_follows_it(tmp_path):
     root = _project(tmp_path, "<!-- results:s table=file path=analysis/a/t.md -->\nold\n<!-- /results -->\n")
     table = "| method | x |\n|---|---|\n| maml | 1.00 |"
     (root / "metrics/s/analysis/a").mkdir(parents=True)
-    (root / "metrics/s/analysis/a/t.md").write_text(f"# The analysis' title\n\n{table}\n")
+    (root / "metrics/s/analysis/a/t.md").write_text(f"# The analysis' title\n\n## glyphs\n\n{table}\n")
     assert update(root) == ["README.md:4 (results:s)"]
     text = (root / "README.md").read_text()
-    assert f"-->\n{table}\n\n<!-- /results -->" in text and "title" not in text
+    assert f"-->\n**glyphs**\n\n{table}\n\n<!-- /results -->" in text and "title" not in text
     (root / "metrics/s/analysis/a/t.md").write_text(table.replace("1.00", "2.00"))
     assert update(root, check=True) == ["README.md:4 (results:s)"]
 

@@ -96,7 +96,7 @@ def test_with_several_seeds_the_table_is_the_mean_of_the_seeds(tmp_path):
     assert math.isclose(per_seed.loc[("metalstm", "update", 0), "mean_abs_change"], 0.6, rel_tol=0.01)
     assert math.isclose(per_seed.loc[("metalstm", "update", 1), "mean_abs_change"], 0.2, rel_tol=0.03)
     md = (out / "oscillation.md").read_text()
-    assert "Pooled over 2 training seeds (0, 1)" in md and "| tiny | metalstm | update | 180 | " in md
+    assert "Over 2 training seeds (0, 1): each measure is the mean" in md and "| tiny | metalstm | update | 180 | " in md
     mean = (per_seed.loc[("metalstm", "update", 0), "mean_abs_change"] + per_seed.loc[("metalstm", "update", 1),
                                                                                     "mean_abs_change"]) / 2
     assert f"| {mean:.4f} |" in md

@@ -65,8 +65,9 @@ def _options(text: str, where: str) -> dict:
 
 
 def _file(root: Path, study: str, relative: str, where: str) -> str:
-    """table=file: a markdown table an analysis wrote, verbatim (its own title line dropped:
-    the document around the block names it)."""
+    """table=file: a markdown table an analysis wrote, verbatim but for its headings: the title
+    line is dropped (the document around the block names it) and other headings become bold
+    lines, so the file's sections do not become sections of the document."""
     folder = root / "metrics" / study
     path = folder / relative
     if not relative.endswith(".md") or Path(relative).is_absolute() or ".." in Path(relative).parts:
@@ -77,6 +78,7 @@ def _file(root: Path, study: str, relative: str, where: str) -> str:
     lines = path.read_text().strip().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
+    lines = [f"**{line.lstrip('#').strip()}**" if re.match(r"#+ ", line) else line for line in lines]
     return "\n".join(lines).strip()
 
 
