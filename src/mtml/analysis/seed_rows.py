@@ -21,15 +21,21 @@ from mtml.errors import UserError
 METRICS = {"accuracy": (0.0, 100.0), "paper_acc": (0.0, 100.0), "mse": (0.0, math.inf)}
 
 
-def seed_episodes(study, layout, exp: str, meth: str) -> pd.DataFrame:
-    """Every training seed's episodes.csv in one frame, with a `seed` column (str)."""
+def seed_csv(study, layout, exp: str, meth: str, name: str, stage: str) -> pd.DataFrame:
+    """Every training seed's run file `name` (written by `stage`) in one frame, with a `seed`
+    column (str)."""
     frames = []
     for seed in study.seeds:
-        path = layout.run_dir(exp, meth, seed) / "episodes.csv"
+        path = layout.run_dir(exp, meth, seed) / name
         if not path.exists():
-            raise UserError(f"{path} is missing; run the evaluate stage of {exp}/{meth} seed {seed} first")
+            raise UserError(f"{path} is missing; run the {stage} stage of {exp}/{meth} seed {seed} first")
         frames.append(pd.read_csv(path).assign(seed=str(seed)))
     return pd.concat(frames, ignore_index=True)
+
+
+def seed_episodes(study, layout, exp: str, meth: str) -> pd.DataFrame:
+    """Every training seed's episodes.csv in one frame, with a `seed` column (str)."""
+    return seed_csv(study, layout, exp, meth, "episodes.csv", "evaluate")
 
 
 def details_rows(layout, exp: str, meth: str, seed) -> list[dict]:

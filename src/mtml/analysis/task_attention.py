@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mtml.analysis.seed_rows import seed_csv
 from mtml.errors import UserError
 from mtml.utils import atomic_path
 
@@ -257,13 +258,8 @@ def attention_pairs(study) -> list[tuple[str, list[str]]]:
 
 def _val_log(study, layout, exp: str, meth: str) -> pd.DataFrame:
     """Validation accuracy per iteration, the mean over the training seeds."""
-    logs = []
-    for seed in study.seeds:
-        path = layout.run_dir(exp, meth, seed) / "train_log.csv"
-        if not path.exists():
-            raise UserError(f"{path} is missing; run the train stage of {exp}/{meth} seed {seed} first")
-        logs.append(pd.read_csv(path).dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]])
-    return pd.concat(logs).groupby("iteration", as_index=False)["val_accuracy"].mean()
+    logs = seed_csv(study, layout, exp, meth, "train_log.csv", "train").dropna(subset=["val_accuracy"])
+    return logs.groupby("iteration", as_index=False)["val_accuracy"].mean()
 
 
 def ta_curves(study, layout, out_dir: Path) -> None:
