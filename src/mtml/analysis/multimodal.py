@@ -46,13 +46,6 @@ def _multimodal_experiments(study) -> list[str]:
     return exps
 
 
-def _episodes(layout, exp: str, meth: str) -> pd.DataFrame:
-    path = layout.run_dir(exp, meth) / "episodes.csv"
-    if not path.exists():
-        raise UserError(f"{path} is missing; run the evaluate stage of {exp}/{meth} first")
-    return pd.read_csv(path)
-
-
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float, int]:
     """Mean and 95% CI half-width of accuracy(a) - accuracy(b) over the same episodes, keyed by
     (dataset, episode), and the number of pairs. The two must hold exactly the same episodes."""
@@ -80,11 +73,11 @@ def seed_difference(a: pd.DataFrame, b: pd.DataFrame, where: str) -> dict:
             "ci95": ci95, "ci_low": pair["ci_low"], "ci_high": pair["ci_high"]}
 
 
-def differences(layout, frame: pd.DataFrame, study=None) -> pd.DataFrame:
+def differences(layout, frame: pd.DataFrame, study) -> pd.DataFrame:
     """Paired differences of each method with a base (BASES) against the first method of
-    that base algorithm in params, per mode and over all modes; over every training seed of
-    `study` when it has several (module docstring)."""
-    seeds = list(study.seeds) if study is not None else [None]
+    that base algorithm in params, per mode and over all modes, over every training seed of
+    `study` (module docstring)."""
+    several = len(study.seeds) > 1
     rows = []
     for exp, g in frame.groupby("experiment", sort=False):
         algorithms = dict(zip(g["method"], g["algorithm"]))
@@ -92,17 +85,14 @@ def differences(layout, frame: pd.DataFrame, study=None) -> pd.DataFrame:
             base = next((m for m, a in algorithms.items() if a == BASES.get(alg)), None)
             if base is None:
                 continue
-            if len(seeds) > 1:
-                mine, theirs = (seed_episodes(study, layout, exp, m) for m in (meth, base))
-            else:
-                mine, theirs = _episodes(layout, exp, meth), _episodes(layout, exp, base)
+            mine, theirs = (seed_episodes(study, layout, exp, m) for m in (meth, base))
             for dataset in [*dict.fromkeys(mine["dataset"]), ALL]:
                 if dataset == ALL:
                     a, b = mine, theirs
                 else:
                     a, b = mine[mine["dataset"] == dataset], theirs[theirs["dataset"] == dataset]
                 row = {"experiment": exp, "method": meth, "base": base, "dataset": dataset}
-                if len(seeds) > 1:
+                if several:
                     d = seed_difference(a, b, f"{exp}/{meth} vs {base} ({dataset})")
                     rows.append({**row, **{k: round(v, 4) for k, v in d.items()}})
                 else:
@@ -122,9 +112,11 @@ def markdown(study, frame: pd.DataFrame, diffs: pd.DataFrame) -> str:
     else:
         intro = ("Test accuracy (%) ± 95% CI over the fixed episodes of each mode (the same episodes for every "
                  "method), and over all modes together (one training seed: the CI covers episodes only).")
-    def cell(r) -> str:
-        return (f"{r['accuracy']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if several
-                else f"{r['accuracy']:.2f} ± {r['ci95']:.2f}")
+    def cell(r, value="accuracy", sign="") -> str:
+        """mean [combined CI] with several seeds, mean ± episode CI with one."""
+        if several:
+            return f"{r[value]:{sign}.2f} [{r['ci_low']:{sign}.2f}, {r['ci_high']:{sign}.2f}]"
+        return f"{r[value]:{sign}.2f} ± {r['ci95']:.2f}"
 
     lines = ["# Multimodal results", "", intro, ""]
     for exp, g in frame.groupby("experiment", sort=False):
@@ -147,8 +139,7 @@ def markdown(study, frame: pd.DataFrame, diffs: pd.DataFrame) -> str:
                       "| method | base | " + " | ".join(modes) + " | all modes |",
                       "|---" * (len(modes) + 3) + "|"]
             for (meth, base), m in d.groupby(["method", "base"], sort=False):
-                cells = {r["dataset"]: (f"{r['difference']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if several
-                                        else f"{r['difference']:+.2f} ± {r['ci95']:.2f}") for _, r in m.iterrows()}
+                cells = {r["dataset"]: cell(r, "difference", "+") for _, r in m.iterrows()}
                 lines.append(f"| {meth} | {base} | " + " | ".join(cells.get(x, "-") for x in [*modes, ALL]) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -128,9 +128,8 @@ def metalstm_oscillation(study, layout, out_dir: Path) -> None:
     lines = ["# Meta-loss oscillation: MetaLSTM vs MetaLSTM++ (Aimen et al. 2021, Fig. 1)", "",
              f"mean |change| between consecutive steps, sd about a centred {WINDOW}-step moving average, "
              "share of direction reversals (docs/task_attention.md).", "",
-             (f"Over {len(study.seeds)} training seeds ({', '.join(map(str, study.seeds))}): each measure is the mean "
-              f"of the seeds' values (oscillation.csv has each seed's); the plot draws seed {study.seeds[0]}."
-              if len(study.seeds) > 1 else seeds_note(study)),
+             seeds_note(study, "each measure is the mean of the seeds' values (oscillation.csv has each "
+                               f"seed's); the plot draws seed {study.seeds[0]}.", lead="Over"),
              "",
              "| experiment | method | view | steps | mean loss | mean abs change | detrended sd | reversal rate |",
              "|---|---|---|---|---|---|---|---|"]

@@ -49,12 +49,15 @@ def _require_attention(study, name: str) -> list[str]:
     return methods
 
 
-def seeds_note(study) -> str:
-    """The line each attention analysis' table starts with: which training seeds it pools."""
+POOLED = "every iteration of every seed counts once; curves are the mean over seeds."
+
+
+def seeds_note(study, how: str = POOLED, lead: str = "Pooled over") -> str:
+    """The line an analysis' table starts with: which training seeds it reads, and `how` it
+    combines several."""
     seeds = list(study.seeds)
     return (f"Training seed {seeds[0]}." if len(seeds) == 1 else
-            f"Pooled over {len(seeds)} training seeds ({', '.join(map(str, seeds))}): every iteration of every seed "
-            "counts once; curves are the mean over seeds.")
+            f"{lead} {len(seeds)} training seeds ({', '.join(map(str, seeds))}): {how}")
 
 
 def read_trace(layout, exp: str, meth: str, seed=None) -> list[dict]:
