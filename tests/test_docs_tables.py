@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from mtml.analysis.docs_tables import BLOCK, documents, update
 from mtml.cli import main
@@ -27,14 +28,22 @@ def committed(tmp_path_factory):
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
         return ROOT
     root = tmp_path_factory.mktemp("committed")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "README.md", "docs", "metrics"],
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "README.md", "docs", "metrics", "configs",
+                              "params.yaml"],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     return root
 
 
+def _result_blocks(root) -> set[str]:
+    """The studies whose committed results a document shows (table=published blocks show a
+    params file's published numbers and need no run)."""
+    return {m["study"] for p in documents(root) for m in BLOCK.finditer(p.read_text())
+            if "table=published" not in m["options"].split()}
+
+
 def test_documented_result_tables_match_the_committed_metrics(committed):
-    blocks = {m["study"] for p in documents(committed) for m in BLOCK.finditer(p.read_text())}
+    blocks = _result_blocks(committed)
     assert "default" in blocks  # the README's default results are a generated block
     for study in blocks:
         assert (committed / "metrics" / study / "summary.json").exists(), f"study {study} has no committed metrics"
@@ -100,6 +109,8 @@ def test_the_check_command_fails_naming_the_block(tmp_path, monkeypatch, capsys)
     ("<!-- results:s table=file path=a.md split=test -->\n<!-- /results -->\n", "table=file takes one option"),
     ("<!-- results:s table=file path=../../README.md -->\n<!-- /results -->\n", "must be a relative .md file under"),
     ("<!-- results:s table=file path=analysis/none.md -->\n<!-- /results -->\n", "metrics/s/analysis/none.md is missing"),
+    ("<!-- results:s table=published -->\n<!-- /results -->\n", "configs/s.yaml is missing; table=published reads"),
+    ("<!-- results:s table=published versus=maml -->\n<!-- /results -->\n", "versus= only applies to table=compare"),
 ])
 def test_a_bad_block_stops_with_one_line(tmp_path, block, message):
     root = _project(tmp_path, block)
@@ -110,7 +121,7 @@ def test_a_bad_block_stops_with_one_line(tmp_path, block, message):
 
 
 def _documented_studies() -> list[str]:
-    return sorted({m["study"] for p in documents(ROOT) for m in BLOCK.finditer(p.read_text())})
+    return sorted(_result_blocks(ROOT))
 
 
 @pytest.mark.parametrize("name", _documented_studies())
@@ -227,3 +238,27 @@ def test_mtl_block_reads_the_mtl_table_analysis(tmp_path):
     (tmp_path / "README.md").write_text("<!-- results:other table=mtl -->\n<!-- /results -->\n")
     with pytest.raises(UserError, match="metrics/other/analysis/mtl-table/table.json is missing"):
         update(tmp_path)
+
+
+def test_published_block_shows_a_presets_published_numbers(tmp_path):
+    """table=published: the params file's `published:` block, a row per method and a column per
+    experiment/split, CIs only where given, the source named; filters keep columns; a params
+    file without the block is an error naming it."""
+    root = _project(tmp_path, "<!-- results:p table=published -->\n<!-- /results -->\n"
+                              "<!-- results:p table=published experiment=e5 -->\n<!-- /results -->\n")
+    (root / "configs").mkdir()
+    source = {"paper": "A & B, 2021", "table": "Table 1"}
+    published = {"e1": {"maml": {"test": {"accuracy": 40.5, "source": source}},
+                        "proto": {"test": {"accuracy": 43.05, "ci95": 0.58, "dataset": "all", "source": source}}},
+                 "e5": {"maml": {"test": {"accuracy": 54.11, "ci95": 0.63, "note": "ran longer.", "source": source}}}}
+    (root / "configs/p.yaml").write_text(yaml.safe_dump({"published": published}))
+    assert len(update(root)) == 2
+    text = (root / "README.md").read_text()
+    assert "| method | e1 test | e1 test (all) | e5 test |" in text
+    assert "| maml | 40.50 |  | 54.11 ± 0.63 |" in text and "| proto |  | 43.05 ± 0.58 |  |" in text
+    assert "source: A & B, 2021, Table 1." in text and "Note on e5/maml: ran longer." in text
+    assert "| method | e5 test |\n|---|---|\n| maml | 54.11 ± 0.63 |\n" in text  # experiment=e5 keeps its column
+    assert update(root, check=True) == []
+    (root / "configs/p.yaml").write_text("seed: 0\n")
+    with pytest.raises(UserError, match=r"configs/p.yaml has no `published:` block"):
+        update(root, check=True)

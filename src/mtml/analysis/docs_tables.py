@@ -2,7 +2,7 @@
 
 A marked block in a markdown file
 
-    <!-- results:<study> table=summary|compare|tasks|mtl|file [path=P] [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
+    <!-- results:<study> table=summary|compare|tasks|mtl|file|published [path=P] [experiment=E] [split=S] [dataset=D] [task=T] [method=M] -->
     (generated: leave it to `python -m mtml docs-tables`)
     <!-- /results -->
 
@@ -14,7 +14,10 @@ the same comparisons against `versus=M` as one table per split, a row per method
 per task) or, table=mtl, `metrics/<study>/analysis/mtl-table/table.json` (Delta-MTL and
 Delta-Acc against the single-task baseline with their CI and verdict, one table per experiment
 and split) or, table=file path=P, the markdown file metrics/<study>/P that an analysis wrote,
-verbatim (e.g. path=analysis/paper-table/paper_table.md). The other options keep the rows
+verbatim (e.g. path=analysis/paper-table/paper_table.md) or, table=published, the `published:`
+block of the study's params file (configs/<study>.yaml; params.yaml for `default`): the
+papers' numbers a preset sets next to ours, documented from the one place they are kept, so a
+preset need not have been run. The other options keep the rows
 whose column equals the value. `docs-tables --check` and tests/test_docs_tables.py fail when a block
 differs from what the files give, so a documented number cannot drift from the committed
 results.
@@ -36,7 +39,7 @@ DOCUMENTS = ("README.md", "docs/*.md")
 BLOCK = re.compile(r"^<!-- results:(?P<study>[\w.-]+)(?P<options>[^>\n]*?)\s*-->\n(?P<body>.*?)^<!-- /results -->",
                    re.DOTALL | re.MULTILINE)
 OPENING = re.compile(r"^<!-- results:", re.MULTILINE)
-TABLES = ("summary", "compare", "tasks", "mtl", "file")
+TABLES = ("summary", "compare", "tasks", "mtl", "file", "published")
 MTL_TABLE = Path("analysis") / "mtl-table" / "table.json"  # under metrics/<study>/
 FILTERS = ("experiment", "split", "dataset", "task", "method", "versus")
 GROUP = ("experiment", "split", "dataset", "task")
@@ -54,7 +57,7 @@ def _options(text: str, where: str) -> dict:
     table = options.setdefault("table", "summary")
     if table not in TABLES:
         raise UserError(f"{where}: table={table} is not one of {', '.join(TABLES)}")
-    if table in ("summary", "mtl") and "versus" in options:
+    if table in ("summary", "mtl", "published") and "versus" in options:
         raise UserError(f"{where}: versus= only applies to table=compare and table=tasks")
     if table == "tasks" and "versus" not in options:
         raise UserError(f"{where}: table=tasks compares every method with one: add versus=<method>")
@@ -85,6 +88,8 @@ def _file(root: Path, study: str, relative: str, where: str) -> str:
 def _rows(root: Path, study: str, table: str, where: str) -> list[dict]:
     if table == "mtl":
         return _mtl_rows(root, study, where)
+    if table == "published":
+        return _published_rows(root, study, where)
     table = "compare" if table == "tasks" else table
     path = root / "metrics" / study / f"{table}.json"  # Layout.summary(): metrics/<study>/<file>
     if not path.exists():
@@ -106,6 +111,28 @@ def _mtl_rows(root: Path, study: str, where: str) -> list[dict]:
                         f"analysis (snakemake --cores 2 all --configfile configs/{study}.yaml) and commit its metrics")
     return [{"experiment": s["experiment"], "split": split, "method": r["method"], "record": r, "summary": s}
             for s in json.loads(path.read_text()) for split in s["splits"] for r in s["methods"]]
+
+
+def params_file(root: Path, study: str) -> Path:
+    """The params file a study's name comes from (mtml.study.study_name, the other way round)."""
+    return root / ("params.yaml" if study == "default" else f"configs/{study}.yaml")
+
+
+def _published_rows(root: Path, study: str, where: str) -> list[dict]:
+    """The study's `published:` block (schema: compare.PUBLISHED_SCHEMA), one row per
+    experiment x method x split, in the file's order."""
+    import yaml
+
+    path = params_file(root, study)
+    if not path.exists():
+        raise UserError(f"{where}: {path.relative_to(root)} is missing; table=published reads the study's params file")
+    published = (yaml.safe_load(path.read_text()) or {}).get("published")
+    if not published:
+        raise UserError(f"{where}: {path.relative_to(root)} has no `published:` block "
+                        "(docs/statistics.md, 'Published numbers')")
+    return [{"experiment": exp, "method": method, "split": split, "dataset": entry.get("dataset", ""), **entry}
+            for exp, methods in published.items() for method, splits in methods.items()
+            for split, entry in splits.items()]
 
 
 def _flipped(row: dict) -> dict:
@@ -228,12 +255,35 @@ def mtl_rows_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def published_table(rows: list[dict]) -> str:
+    """table=published: a row per method and a column per experiment/split[/dataset], each
+    cell the published accuracy (± its 95% CI where the paper gives one), then the sources."""
+    columns = list(dict.fromkeys((r["experiment"], r["split"], r["dataset"]) for r in rows))
+    cells = {(r["method"], (r["experiment"], r["split"], r["dataset"])): r for r in rows}
+    head = [f"{exp} {split}" + (f" ({dataset})" if dataset else "") for exp, split, dataset in columns]
+    lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(columns) + 1) + "|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        row = [(f"{c['accuracy']:.2f}" + (f" ± {c['ci95']:.2f}" if "ci95" in c else "")
+                + (f" (NIL {c['nil_accuracy']:.2f})" if "nil_accuracy" in c else "")) if (c := cells.get((method, k))) else ""
+               for k in columns]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    sources = dict.fromkeys(f"{r['source']['paper']}, {r['source']['table']}" for r in rows)
+    notes: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("note"):
+            notes.setdefault(r["note"], []).append(f"{r['experiment']}/{r['method']}")
+    lines += ["", "Published accuracy (%) ± 95% CI where given; source: " + "; ".join(sources) + "."]
+    lines += [f"Note on {', '.join(dict.fromkeys(where))}: {note.rstrip('.')}." for note, where in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
 def render(root: Path, study: str, options: dict, where: str) -> str:
     table = options["table"]
     if table == "file":
         return _file(root, study, options["path"], where) + "\n\n"
     rows = _select(_rows(root, study, table, where), options, where)
-    draw = {"summary": summary_table, "compare": compare_table, "tasks": tasks_table, "mtl": mtl_rows_table}[table]
+    draw = {"summary": summary_table, "compare": compare_table, "tasks": tasks_table, "mtl": mtl_rows_table,
+            "published": published_table}[table]
     # a blank line before the closing marker, so no renderer takes it for part of the table
     return draw(rows) + "\n"
 
