@@ -423,6 +423,52 @@ def test_transference_analysis_writes_its_figures(trained):
     assert np.array(summary["mode_matrix"]["maml"]["mean_ratio"]).shape == (3, 3)
 
 
+def test_transference_folds_the_training_seeds(tmp_path):
+    """With several seeds every seed's run is retrained and analysed: seed 0's ratios are those
+    of a one-seed study, seed 1's differ (its own initialisation and stream), the shares pool
+    both seeds' pairs and list each seed's, and the mode matrix averages each pair over seeds."""
+    from mtml import stages
+    from mtml.analysis.transference import transference
+    from mtml.layout import Layout
+
+    options = {"transference": {"sources": 4, "targets": 1, "retrain_iterations": 2, "snapshots": 2}}
+    one = tiny_multimodal(options, methods={"maml": SMALL})
+    two = make_study({**one.params, "seeds": [0, 1]}, ["mm.yaml"])
+    layout = Layout(tmp_path, two)
+    for name in MODES:
+        stages.prepare(two, layout, name)
+    stages.build_episodes(two, layout, "mm")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        transference(one, Layout(tmp_path, one), tmp_path / "one")
+        transference(two, layout, tmp_path / "two")
+    finally:
+        torch.set_num_threads(threads)
+    first, both = (pd.read_csv(tmp_path / d / "ratios.csv") for d in ("one", "two"))
+    assert sorted(both["seed"].unique()) == [0, 1] and len(both) == 2 * len(first)
+    seed0 = both[both["seed"] == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(seed0, first)
+    seed1 = both[both["seed"] == 1].reset_index(drop=True)
+    assert not np.allclose(seed0["ratio"], seed1["ratio"])
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())["mm"]
+    assert summary["seeds"] == [0, 1]
+    for snap in dict.fromkeys(both["snapshot"]):
+        cell = summary["snapshots"][f"maml/{snap}"]
+        per = {str(k): float((g["ratio"] < 1).mean()) for k, g in both[both["snapshot"] == snap].groupby("seed")}
+        assert cell["positive_transfer_per_seed"] == pytest.approx(per, abs=1e-4)
+        assert cell["positive_transfer"] == pytest.approx(np.mean(list(per.values())), abs=1e-4)
+        assert cell["pairs"] == 2 * 4 * 3
+    last = both[both["snapshot"] == both["snapshot"].iloc[-1]]
+    mean = last.groupby(["source", "target"])["ratio"].mean().unstack().to_numpy()
+    modes = (last.drop_duplicates("source").sort_values("source")["source_mode"],
+             last.drop_duplicates("target").sort_values("target")["target_mode"])
+    from mtml.analysis.transference import mode_matrix
+
+    expected = mode_matrix(mean, *modes, len(MODES))
+    assert np.allclose(summary["mode_matrix"]["maml"]["mean_ratio"], expected, atol=1e-5, equal_nan=True)
+
+
 def test_multimodal_table_folds_the_training_seeds(tmp_path):
     """With several seeds each paired difference covers every seed (combined CI, as compare.md),
     not the first seed's episodes only; a missing seed names its file."""

@@ -12,9 +12,11 @@ its support set (the method's own meta-loss of task j). LR < 1: the update on i 
 The trainer keeps only the best weights, so the analysis snapshots a short retrain of its
 own: the method is rebuilt at its seeded initialisation and meta-trained on the experiment's
 training stream (the same tasks, in the same order, as the real run), with snapshots at
-evenly spaced iterations; the trained model.pt is the last snapshot when it exists. Source
-tasks are drawn from the training distribution (modes mixed by `mode_mix`), targets are the
-first test episodes of every mode.
+evenly spaced iterations; the trained model.pt is the last snapshot when it exists. With
+several training seeds (`seeds`) this is done for each seed's run (its initialisation, its
+training stream, its model.pt), and the shares and mode matrices pool the seeds (summary.json
+also lists each seed's share). Source tasks are drawn from the training distribution (modes
+mixed by `mode_mix`, the same for every seed), targets are the first test episodes of every mode.
 
 Writes, per multimodal experiment: `ratios.csv` (every LR), `histograms-<exp>.png` (LR over
 the sources for one fixed target, per method and snapshot, coloured by the source's mode),
@@ -87,7 +89,7 @@ def _snapshots(run, layout, banks, opts, device):
     tcfg = run.training
     learner = init_learner(run, exp.kind.context(exp, banks), device)
     stream = training_stream(run, banks)
-    model_path = layout.model(exp.name, run.method)
+    model_path = layout.model(exp.name, run.method, run.seed)
     total = opts["retrain_iterations"] if learner.trainable else 0
     marks = sorted(set(np.linspace(0, total, opts["snapshots"]).round().astype(int).tolist()))
     optimizer = learner.make_optimizer(tcfg["meta_lr"]) if learner.trainable else None
@@ -110,7 +112,7 @@ def _analysed_methods(study, exp: str, opts: dict) -> list[str]:
 
 
 def analyse_experiment(study, layout, exp: str, device) -> pd.DataFrame:
-    """Every LR of experiment `exp` as rows (method, snapshot, source, target, modes, ratio)."""
+    """Every LR of experiment `exp` as rows (method, seed, snapshot, source, target, modes, ratio)."""
     e = study.experiment(exp)
     mm = e.settings
     opts = mm.transference
@@ -124,15 +126,16 @@ def analyse_experiment(study, layout, exp: str, device) -> pd.DataFrame:
         targets += [ep for _, ep in manifest_episodes(banks[spec.dataset], manifest)]
     rows = []
     for meth in _analysed_methods(study, exp, opts):
-        learner, states = _snapshots(study.run(exp, meth), layout, banks, opts, device)
-        for label, state in states:
-            learner.load_state_dict(state)
-            ratios = transference_ratios(learner, sources, targets, opts["step_size"])
-            for i, s in enumerate(sources):
-                for j, t in enumerate(targets):
-                    rows.append({"experiment": exp, "method": meth, "snapshot": label, "source": i,
-                                 "source_mode": s.mode, "target": j, "target_mode": t.mode,
-                                 "ratio": ratios[i, j]})
+        for seed in study.seeds:
+            learner, states = _snapshots(study.run(exp, meth, seed), layout, banks, opts, device)
+            for label, state in states:
+                learner.load_state_dict(state)
+                ratios = transference_ratios(learner, sources, targets, opts["step_size"])
+                for i, s in enumerate(sources):
+                    for j, t in enumerate(targets):
+                        rows.append({"experiment": exp, "method": meth, "seed": seed, "snapshot": label,
+                                     "source": i, "source_mode": s.mode, "target": j, "target_mode": t.mode,
+                                     "ratio": ratios[i, j]})
     return pd.DataFrame(rows)
 
 
@@ -145,13 +148,16 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_histograms(frame: pd.DataFrame, modes: list[str], path: Path) -> None:
-    """LR over the sources for the fixed target 0, per method (row) and snapshot (column)."""
+    """LR over the sources for the fixed target 0, per method (row) and snapshot (column),
+    every training seed's ratios together."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fixed = frame[frame["target"] == 0]
+    seeds = fixed["seed"].nunique()
+    pooled = f", {seeds} seeds" if seeds > 1 else ""
     methods, snaps = list(dict.fromkeys(fixed["method"])), list(dict.fromkeys(fixed["snapshot"]))
     fig, axes = plt.subplots(len(methods), len(snaps), figsize=(3.6 * len(snaps), 2.8 * len(methods)),
                              squeeze=False, sharey="row")
@@ -162,7 +168,7 @@ def plot_histograms(frame: pd.DataFrame, modes: list[str], path: Path) -> None:
             ax.hist([g.loc[g["source_mode"] == m, "ratio"] for m in range(len(modes))], bins=bins,
                     stacked=True, label=[f"source {m}" for m in modes])
             ax.axvline(1.0, color="k", lw=1, ls="--")
-            ax.set_title(f"{meth}, {snap}\nLR<1 (helps): {100 * (g['ratio'] < 1).mean():.0f}%", fontsize=8)
+            ax.set_title(f"{meth}, {snap}{pooled}\nLR<1 (helps): {100 * (g['ratio'] < 1).mean():.0f}%", fontsize=8)
             ax.set_xlabel(f"LR(i -> target 0, mode {modes[int(g['target_mode'].iloc[0])]})", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=6)
@@ -171,7 +177,8 @@ def plot_histograms(frame: pd.DataFrame, modes: list[str], path: Path) -> None:
 
 
 def plot_mode_heatmaps(frame: pd.DataFrame, modes: list[str], path: Path) -> dict:
-    """Mean LR from each source mode (rows) to each target mode (columns), last snapshot."""
+    """Mean LR from each source mode (rows) to each target mode (columns), last snapshot, over
+    every training seed (each pair's ratio is first averaged over the seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +192,8 @@ def plot_mode_heatmaps(frame: pd.DataFrame, modes: list[str], path: Path) -> dic
         g = frame[frame["method"] == meth]
         last = g["snapshot"].iloc[-1]
         g = g[g["snapshot"] == last]
-        pairs = g.drop_duplicates(["source", "target"]).sort_values(["source", "target"])
+        pairs = (g.groupby(["source", "target", "source_mode", "target_mode"], as_index=False)["ratio"].mean()
+                 .sort_values(["source", "target"]))
         ratios = pairs.pivot(index="source", columns="target", values="ratio").to_numpy()
         src = pairs.drop_duplicates("source").sort_values("source")["source_mode"].to_numpy()
         tgt = pairs.drop_duplicates("target").sort_values("target")["target_mode"].to_numpy()
@@ -204,6 +212,20 @@ def plot_mode_heatmaps(frame: pd.DataFrame, modes: list[str], path: Path) -> dic
     fig.tight_layout()
     _save(fig, path)
     return matrices
+
+
+def _shares(frame: pd.DataFrame) -> dict:
+    """Per method and snapshot, over every seed's pairs: the mean LR and the share of pairs with
+    LR < 1 (positive transfer), and each seed's share (how far one trained model's share moves)."""
+    out = {}
+    for (meth, snap), g in frame.groupby(["method", "snapshot"], sort=False):
+        out[f"{meth}/{snap}"] = {
+            "mean_ratio": round(float(g["ratio"].mean()), 6),
+            "positive_transfer": round(float((g["ratio"] < 1).mean()), 4),
+            "pairs": int(len(g)),
+            "positive_transfer_per_seed": {str(seed): round(float((v < 1).mean()), 4)
+                                           for seed, v in g.groupby("seed")["ratio"]}}
+    return out
 
 
 def transference(study, layout, out_dir: Path) -> None:
@@ -225,10 +247,7 @@ def transference(study, layout, out_dir: Path) -> None:
         frames.append(frame)
         plot_histograms(frame, modes, out_dir / f"histograms-{exp}.png")
         matrices = plot_mode_heatmaps(frame, modes, out_dir / f"modes-{exp}.png")
-        per = frame.groupby(["method", "snapshot"], sort=False)["ratio"]
-        summary[exp] = {"modes": modes, "settings": mm.transference, "mode_matrix": matrices,
-                        "snapshots": {f"{m}/{s}": {"mean_ratio": round(float(v.mean()), 6),
-                                                    "positive_transfer": round(float((v < 1).mean()), 4)}
-                                      for (m, s), v in per}}
+        summary[exp] = {"modes": modes, "settings": mm.transference, "seeds": list(study.seeds),
+                        "mode_matrix": matrices, "snapshots": _shares(frame)}
     pd.concat(frames).to_csv(out_dir / "ratios.csv", index=False, float_format="%.8g")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
