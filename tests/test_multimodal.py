@@ -411,7 +411,7 @@ def test_transference_analysis_writes_its_figures(trained):
     study, root, _ = trained
     out = root / "analysis-transference"
     get_analysis("transference")(study, Layout(root, study), out)
-    for f in ("ratios.csv", "summary.json", "histograms-mm.png", "modes-mm.png"):
+    for f in ("ratios.csv", "summary.json", "histograms-mm.png", "modes-mm.png", "transference.md"):
         assert (out / f).exists(), f
     ratios = pd.read_csv(out / "ratios.csv")
     assert set(ratios["method"]) == {"maml", "mmaml-kml"}  # the default comparison
@@ -467,6 +467,12 @@ def test_transference_folds_the_training_seeds(tmp_path):
 
     expected = mode_matrix(mean, *modes, len(MODES))
     assert np.allclose(summary["mode_matrix"]["maml"]["mean_ratio"], expected, atol=1e-5, equal_nan=True)
+    md = (tmp_path / "two" / "transference.md").read_text()  # the same numbers as tables
+    cell = summary["snapshots"]["maml/iteration 0"]
+    per = ", ".join(f"{100 * x:.0f}%" for x in cell["positive_transfer_per_seed"].values())
+    assert (f"| maml | iteration 0 | {cell['mean_ratio']:.4f} | {100 * cell['positive_transfer']:.1f}% | {per} | 24 |"
+            in md)
+    assert "2 training seeds (0, 1)" in md and f"| glyphs | {expected[0, 0]:.4f} |" in md
 
 
 def test_multimodal_table_folds_the_training_seeds(tmp_path):

@@ -20,8 +20,8 @@ mixed by `mode_mix`, the same for every seed), targets are the first test episod
 
 Writes, per multimodal experiment: `ratios.csv` (every LR), `histograms-<exp>.png` (LR over
 the sources for one fixed target, per method and snapshot, coloured by the source's mode),
-`modes-<exp>.png` (mean LR from each source mode to each target mode at the last snapshot)
-and `summary.json`. Settings: `experiments.<exp>.options.transference` (see
+`modes-<exp>.png` (mean LR from each source mode to each target mode at the last snapshot),
+`summary.json` and `transference.md` (its numbers as tables). Settings: `experiments.<exp>.options.transference` (see
 mtml.multimodal.config). Paths come from the study's `Layout`.
 """
 
@@ -251,3 +251,34 @@ def transference(study, layout, out_dir: Path) -> None:
                         "mode_matrix": matrices, "snapshots": _shares(frame)}
     pd.concat(frames).to_csv(out_dir / "ratios.csv", index=False, float_format="%.8g")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "transference.md").write_text(markdown(summary))
+
+
+def markdown(summary: dict) -> str:
+    """summary.json as tables a person reads: per experiment the share of positive transfer per
+    method and snapshot (pooled over seeds, then each seed's), and the mode-to-mode mean LR."""
+    lines = ["# Transference", "",
+             "LR(i -> j) = target j's query loss after one meta-update on source task i / before it; "
+             "LR < 1: the update on i helped j (positive transfer). Pairs share sources and targets, "
+             "so they are not independent: the spread of the per-seed shares, not a binomial interval, "
+             "shows how much a share moves with the trained model.", ""]
+    for exp, s in summary.items():
+        cfg, seeds = s["settings"], s["seeds"]
+        lines += [f"## {exp}", "",
+                  f"{cfg['sources']} source tasks x {cfg['targets']} target episodes per mode ({len(s['modes'])} modes), "
+                  f"step {cfg['step_size']}, {len(seeds)} training seed{'s' if len(seeds) != 1 else ''} "
+                  f"({', '.join(map(str, seeds))}); snapshots of a {cfg['retrain_iterations']}-iteration retrain, "
+                  "then the trained model.", "",
+                  "| method | snapshot | mean LR | LR < 1 (pooled) | LR < 1 per seed | pairs |", "|---|---|---|---|---|---|"]
+        for key, v in s["snapshots"].items():
+            meth, snap = key.split("/", 1)
+            per = ", ".join(f"{100 * x:.0f}%" for x in v["positive_transfer_per_seed"].values())
+            lines.append(f"| {meth} | {snap} | {v['mean_ratio']:.4f} | {100 * v['positive_transfer']:.1f}% | "
+                         f"{per} | {v['pairs']} |")
+        for meth, m in s["mode_matrix"].items():
+            lines += ["", f"Mean LR of {meth} ({m['snapshot']}), source mode (row) -> target mode (column):", "",
+                      "| source \\ target | " + " | ".join(s["modes"]) + " |", "|---" * (len(s["modes"]) + 1) + "|"]
+            lines += [f"| {a} | " + " | ".join("" if v is None or v != v else f"{v:.4f}" for v in row) + " |"
+                      for a, row in zip(s["modes"], m["mean_ratio"])]
+        lines.append("")
+    return "\n".join(lines)
