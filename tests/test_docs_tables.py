@@ -10,7 +10,7 @@ import shutil
 import pytest
 import yaml
 
-from mtml.analysis.docs_tables import BLOCK, documents, update
+from mtml.analysis.docs_tables import BLOCK, documents, params_file, update
 from mtml.cli import main
 from mtml.errors import UserError
 
@@ -134,7 +134,7 @@ def test_a_documented_studys_summary_is_what_its_committed_runs_give(tmp_path, n
     from mtml.layout import Layout
     from mtml.params import load
 
-    params = ROOT / ("params.yaml" if name == "default" else f"configs/{name}.yaml")
+    params = params_file(ROOT, name)
     assert params.exists(), f"documented study {name!r} has no params file {params.relative_to(ROOT)}"
     s = load(params)
     assert s.name == name
