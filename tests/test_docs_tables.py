@@ -10,7 +10,7 @@ import shutil
 import pytest
 import yaml
 
-from mtml.analysis.docs_tables import BLOCK, documents, params_file, update
+from mtml.analysis.docs_tables import blocks, params_file, update
 from mtml.cli import main
 from mtml.errors import UserError
 
@@ -38,8 +38,7 @@ def committed(tmp_path_factory):
 def _result_blocks(root) -> set[str]:
     """The studies whose committed results a document shows (table=published blocks show a
     params file's published numbers and need no run)."""
-    return {m["study"] for p in documents(root) for m in BLOCK.finditer(p.read_text())
-            if "table=published" not in m["options"].split()}
+    return {study for study, options in blocks(root) if options["table"] != "published"}
 
 
 def test_documented_result_tables_match_the_committed_metrics(committed):
@@ -166,16 +165,14 @@ RECOMPUTABLE = {"mtl-table", "multimodal-table", "multitask-table", "paper-table
 def _embedded_analyses(root, study: str) -> set[tuple[str, str]]:
     """(analysis, file) of every block of `study` that shows an analysis' output."""
     out = set()
-    for p in documents(root):
-        for m in BLOCK.finditer(p.read_text()):
-            options = dict(item.partition("=")[::2] for item in m["options"].split())
-            if m["study"] != study:
-                continue
-            if options.get("table") == "mtl":
-                out.add(("mtl-table", "table.json"))
-            elif options.get("table") == "file" and options.get("path", "").startswith("analysis/"):
-                _, analysis, file = options["path"].split("/", 2)
-                out.add((analysis, file))
+    for name, options in blocks(root):
+        if name != study:
+            continue
+        if options["table"] == "mtl":
+            out.add(("mtl-table", "table.json"))
+        elif options["table"] == "file" and options["path"].startswith("analysis/"):
+            _, analysis, file = options["path"].split("/", 2)
+            out.add((analysis, file))
     return out
 
 

@@ -77,7 +77,7 @@ def _file(root: Path, study: str, relative: str, where: str) -> str:
         raise UserError(f"{where}: path={relative} must be a relative .md file under metrics/{study}/")
     if not path.exists():
         raise UserError(f"{where}: {path.relative_to(root)} is missing; run the study "
-                        f"(snakemake --cores 2 all --configfile configs/{study}.yaml) and commit its metrics")
+                        f"({_run_hint(root, study)}) and commit its metrics")
     lines = path.read_text().strip().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
@@ -94,7 +94,7 @@ def _rows(root: Path, study: str, table: str, where: str) -> list[dict]:
     path = root / "metrics" / study / f"{table}.json"  # Layout.summary(): metrics/<study>/<file>
     if not path.exists():
         raise UserError(f"{where}: {path.relative_to(root)} is missing; run the study "
-                        f"(snakemake --cores 2 all --configfile configs/{study}.yaml) and commit its metrics")
+                        f"({_run_hint(root, study)}) and commit its metrics")
     try:
         return list(json.loads(path.read_text()).values())
     except (ValueError, AttributeError) as err:
@@ -108,7 +108,7 @@ def _mtl_rows(root: Path, study: str, where: str) -> list[dict]:
     path = root / "metrics" / study / MTL_TABLE
     if not path.exists():
         raise UserError(f"{where}: {path.relative_to(root)} is missing; run the study with the mtl-table "
-                        f"analysis (snakemake --cores 2 all --configfile configs/{study}.yaml) and commit its metrics")
+                        f"analysis ({_run_hint(root, study)}) and commit its metrics")
     return [{"experiment": s["experiment"], "split": split, "method": r["method"], "record": r, "summary": s}
             for s in json.loads(path.read_text()) for split in s["splits"] for r in s["methods"]]
 
@@ -116,6 +116,10 @@ def _mtl_rows(root: Path, study: str, where: str) -> list[dict]:
 def params_file(root: Path, study: str) -> Path:
     """The params file a study's name comes from (mtml.study.study_name, the other way round)."""
     return root / ("params.yaml" if study == "default" else f"configs/{study}.yaml")
+
+
+def _run_hint(root: Path, study: str) -> str:
+    return f"snakemake --cores 2 all --configfile {params_file(root, study).relative_to(root)}"
 
 
 def _published_rows(root: Path, study: str, where: str) -> list[dict]:
@@ -288,13 +292,17 @@ def render(root: Path, study: str, options: dict, where: str) -> str:
     return draw(rows) + "\n"
 
 
+def _where(text: str, name: str, m: re.Match) -> str:
+    """How errors name a block: file:line (results:<study>)."""
+    return f"{name}:{text.count(chr(10), 0, m.start()) + 1} (results:{m['study']})"
+
+
 def regenerate(text: str, root: Path, name: str) -> tuple[str, list[str]]:
     """`text` with every results block regenerated, and the blocks that changed ("file:line study")."""
     changed = []
 
     def block(m: re.Match) -> str:
-        line = text.count("\n", 0, m.start()) + 1
-        where = f"{name}:{line} (results:{m['study']})"
+        where = _where(text, name, m)
         body = render(root, m["study"], _options(m["options"], where), where)
         if body != m["body"]:
             changed.append(where)
@@ -305,6 +313,17 @@ def regenerate(text: str, root: Path, name: str) -> tuple[str, list[str]]:
 
 def documents(root: Path) -> list[Path]:
     return sorted({p for pattern in DOCUMENTS for p in root.glob(pattern)})
+
+
+def blocks(root: Path) -> list[tuple[str, dict]]:
+    """(study, options) of every results block of the documents, options parsed as render reads them."""
+    root = Path(root)
+    out = []
+    for path in documents(root):
+        text, name = path.read_text(), str(path.relative_to(root))
+        for m in BLOCK.finditer(text):
+            out.append((m["study"], _options(m["options"], _where(text, name, m))))
+    return out
 
 
 def update(root: Path = Path("."), check: bool = False) -> list[str]:
