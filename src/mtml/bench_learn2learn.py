@@ -7,9 +7,15 @@ learn2learn", gives the recipe: regenerate the .c files with `cython<3.1`, build
 install it with gym (imported by learn2learn at import time). Without it this says so and
 stops.
 
-Both sides wrap the very same `Classifier` (Conv-4 + linear head, BatchNorm on batch
-statistics), use the same inner learning rate and steps, the same first/second order and the
-same Adam outer loop, so the ratio measures the meta-learning machinery, not the network.
+Two comparisons, the same inner learning rate and steps, first/second order and Adam outer
+loop in both:
+- machinery: learn2learn wraps a deep copy of our very `Classifier` (Conv-4 + linear head,
+  BatchNorm on batch statistics), so the ratio measures the meta-learning code alone;
+- as shipped: learn2learn wraps its own Conv-4 of the same shape (`l2l.vision.models.CNN4`
+  with `filters` channels, max-pooling, the input's channels), what a learn2learn user runs;
+  the ratio adds what our network does differently (its CPU max-pool, `conv4.max_pool`).
+  That network keeps BatchNorm running averages; like learn2learn's MAML examples, it stays
+  in train mode when evaluating, so both sides normalise by the episode's own statistics.
 learn2learn's ANIL is its documented recipe: the backbone outside, `l2l.algorithms.MAML`
 around the head. ProtoNet is left out: learn2learn has no ProtoNet algorithm (its example is
 plain PyTorch, the same as ours).
@@ -58,6 +64,7 @@ def l2l_step(l2l_model, features, opt, batch, steps: int, first_order: bool) -> 
 
 
 def l2l_predict(l2l_model, features, ep, steps: int):
+    """learn2learn's adaptation and query prediction (first order: nothing differentiates it)."""
     learner = l2l_model.clone()
     s_in, q_in = ep.support_x, ep.query_x
     if features is not None:
@@ -86,6 +93,30 @@ def against_learn2learn(study, experiment: str, repeats: int = 5, iterations: in
             "rows": rows}
 
 
+class _L2LSide:
+    """learn2learn's MAML around one network: the whole net (MAML) or its head (ANIL)."""
+
+    def __init__(self, l2l, net: nn.Module, backbone: nn.Module, head: nn.Module, hp: dict, head_only: bool):
+        self.net, self.hp = net, hp
+        self.maml = l2l.algorithms.MAML(head if head_only else net, lr=hp["inner_lr"], first_order=hp["first_order"])
+        self.features = backbone if head_only else None
+        self.opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def train(self, batches) -> None:
+        for b in batches:
+            l2l_step(self.maml, self.features, self.opt, b, self.hp["inner_steps"], self.hp["first_order"])
+
+    def evaluate(self, episodes) -> None:
+        for ep in episodes:
+            l2l_predict(self.maml, self.features, ep, self.hp["eval_inner_steps"])
+
+
+def l2l_network(l2l, ours: nn.Module, shape, ways: int) -> nn.Module:
+    """learn2learn's own Conv-4 of our network's shape (filters, max-pooling, feature size)."""
+    return l2l.vision.models.CNN4(ways, hidden_size=ours.backbone.filters, layers=4, channels=shape[0],
+                                  max_pool=True, embedding_size=ours.head.in_features)
+
+
 def _compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device) -> dict:
     torch.manual_seed(0)
     name = run.method
@@ -94,19 +125,18 @@ def _compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device) -
     ours.task_parallel = resolve_task_parallel(run.training.get("task_parallel", "auto"), device)
     hp = ours.hp
     net = copy.deepcopy(ours.net)  # the same initial network for learn2learn
-    head_only = ours.head_only
-    theirs = l2l.algorithms.MAML(net.head if head_only else net, lr=hp["inner_lr"], first_order=hp["first_order"])
-    features = net.backbone if head_only else None
+    theirs = _L2LSide(l2l, net, net.backbone, net.head, hp, ours.head_only)
+    shipped_net = l2l_network(l2l, ours.net, shape, ways).to(device)
+    shipped = _L2LSide(l2l, shipped_net, shipped_net.features, shipped_net.classifier, hp, ours.head_only)
     opt_ours = ours.make_optimizer(1e-3)
-    opt_theirs = torch.optim.Adam(net.parameters(), lr=1e-3)
     train = {
         "mtml": lambda: [ours.train_step(b, opt_ours, lambda b=b: b) for b in batches],
-        "learn2learn": lambda: [l2l_step(theirs, features, opt_theirs, b, hp["inner_steps"], hp["first_order"])
-                                for b in batches],
+        "learn2learn": lambda: theirs.train(batches),
+        "learn2learn_cnn4": lambda: shipped.train(batches),
     }
     med_train = interleaved(train, repeats, device)
     ours.eval()
-    net.eval()
+    net.eval()  # (shipped_net stays in train mode: batch statistics, as learn2learn's examples)
 
     def ours_eval():
         with torch.no_grad():
@@ -120,17 +150,24 @@ def _compare_method(l2l, run, shape, ways, batches, eval_eps, repeats, device) -
             batch_outputs(ours, stacked, hp["eval_inner_steps"], first_order=True)
 
     evaluate = {"mtml": ours_eval, "mtml_batched": ours_batched,
-                "learn2learn": lambda: [l2l_predict(theirs, features, ep, hp["eval_inner_steps"]) for ep in eval_eps]}
+                "learn2learn": lambda: theirs.evaluate(eval_eps),
+                "learn2learn_cnn4": lambda: shipped.evaluate(eval_eps)}
     med_eval = interleaved(evaluate, repeats, device)
     iterations, episodes = len(batches), len(eval_eps)
+
+    def ratio(med, base, ours_key="mtml", clock="wall"):
+        return round(med[base][clock] / med[ours_key][clock], 3)
+
     return {
         "method": name, "algorithm": ours.algorithm,
         **{f"train_it_per_s_{k}": round(iterations / v["wall"], 3) for k, v in med_train.items()},
-        "train_ours_over_l2l": round(med_train["learn2learn"]["wall"] / med_train["mtml"]["wall"], 3),
-        "train_ours_over_l2l_cpu_time": round(med_train["learn2learn"]["cpu"] / med_train["mtml"]["cpu"], 3),
+        "train_ours_over_l2l": ratio(med_train, "learn2learn"),
+        "train_ours_over_l2l_cpu_time": ratio(med_train, "learn2learn", clock="cpu"),
+        "train_ours_over_l2l_cnn4": ratio(med_train, "learn2learn_cnn4"),
         **{f"eval_episodes_per_s_{k}": round(episodes / v["wall"], 2) for k, v in med_eval.items()},
-        "eval_ours_over_l2l": round(med_eval["learn2learn"]["wall"] / med_eval["mtml"]["wall"], 3),
-        "eval_ours_batched_over_l2l": round(med_eval["learn2learn"]["wall"] / med_eval["mtml_batched"]["wall"], 3),
+        "eval_ours_over_l2l": ratio(med_eval, "learn2learn"),
+        "eval_ours_batched_over_l2l": ratio(med_eval, "learn2learn", "mtml_batched"),
+        "eval_ours_over_l2l_cnn4": ratio(med_eval, "learn2learn_cnn4"),
         "task_parallel": ours.task_parallel,
     }
 
@@ -146,3 +183,6 @@ def print_against(result: dict) -> None:
               f"loop {r['eval_episodes_per_s_mtml']:.1f} (x{r['eval_ours_over_l2l']:.2f}), batched "
               f"{r['eval_episodes_per_s_mtml_batched']:.1f} (x{r['eval_ours_batched_over_l2l']:.2f}), "
               f"learn2learn {r['eval_episodes_per_s_learn2learn']:.1f}")
+        print(f"{'':>8} | as shipped, learn2learn on its CNN4: train it/s {r['train_it_per_s_learn2learn_cnn4']:.2f} "
+              f"(mtml x{r['train_ours_over_l2l_cnn4']:.2f}) | eval episodes/s "
+              f"{r['eval_episodes_per_s_learn2learn_cnn4']:.1f} (mtml loop x{r['eval_ours_over_l2l_cnn4']:.2f})")

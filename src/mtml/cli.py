@@ -17,8 +17,10 @@ from mtml.errors import UserError
 def _setup(args):
     from mtml import params as P
     from mtml.layout import Layout
+    from mtml.speed import keep_freed_memory
     from mtml.utils import seed_everything, set_threads
 
+    keep_freed_memory()
     study = P.load(args.params)
     set_threads(args.threads or study.threads)
     seed_everything(study.seed)

@@ -1,0 +1,112 @@
+"""Evaluation episodes/s before issue 17 and now, interleaved in one process (docs/speed.md).
+
+"before" is the evaluate stage's loop as it was at commit 24a6638: a pandas groupby per
+episode to find its images, the prediction, then a second backbone pass for NIL, with torch's
+NCHW max-pool in Conv-4. "after" is `evaluate_manifest` today (index arrays, NIL from the
+prediction's features where it has them, `conv4.max_pool`), in its reference mode
+(`episode_batch: 1`) unless --batches says more. Both score the same random bank and
+manifest with the same untrained learner (Conv-4-32, 28x28, 5-way 1-shot, 15 queries, NIL
+against class means); every variant's accuracies are checked equal to the before path's.
+
+    python scripts/bench_eval_before_after.py --threads 1 --episodes 100 --repeats 5
+
+The process-wide allocator setting (`mtml.speed.keep_freed_memory`) applies to both sides,
+so the ratio leaves out what it saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+
+import torch
+
+import mtml.models.conv4 as conv4
+from mtml.benchmark import interleaved, random_bank
+from mtml.evaluation.evaluate import episode_embeddings, evaluate_manifest
+from mtml.evaluation.stats import nil_logits
+from mtml.methods.base import build
+from mtml.speed import keep_freed_memory
+
+METHODS = {  # params.yaml's default methods
+    "protonet": {"filters": 32},
+    "anil": {"filters": 32, "inner_lr": 0.4, "inner_steps": 5, "eval_inner_steps": 10},
+    "maml": {"filters": 32, "inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 3, "first_order": False},
+}
+
+
+def old_manifest_episodes(bank, manifest):
+    """The episode loop of 24a6638: a pandas groupby and sort per episode."""
+    for ep, rows in manifest.groupby("episode", sort=True):
+        parts = []
+        for role in ("support", "query"):
+            r = rows[rows["role"] == role].sort_values("label", kind="stable")
+            parts.append(r["item"].to_numpy().reshape(r["label"].nunique(), -1))
+        yield int(ep), bank.episode(*parts)
+
+
+@contextlib.contextmanager
+def nchw_max_pool():
+    fast = conv4.max_pool
+    conv4.max_pool = lambda x: torch.nn.functional.max_pool2d(x, 2)
+    try:
+        yield
+    finally:
+        conv4.max_pool = fast
+
+
+def before(learner, bank, manifest):
+    rows = []
+    with nchw_max_pool(), torch.no_grad():
+        for ep_id, ep in old_manifest_episodes(bank, manifest):
+            acc = (learner.predict(ep).argmax(-1) == ep.query_y).float().mean()
+            support, query = episode_embeddings(learner, ep)
+            nil = (nil_logits(support, ep.support_y, query, ep.ways).argmax(-1) == ep.query_y).float().mean()
+            rows.append((ep_id, 100 * float(acc), 100 * float(nil)))
+    return rows
+
+
+def after(learner, bank, manifest, batch: int, pool: bool = True):
+    with contextlib.nullcontext() if pool else nchw_max_pool():
+        frame = evaluate_manifest(learner, bank, manifest, "eval", batch)
+    return list(frame[["episode", "accuracy", "nil_accuracy"]].itertuples(index=False, name=None))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--episodes", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--batches", default="1", help="episode_batch values of the after path")
+    args = ap.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    bank, manifest = random_bank(5, 1, 15, (1, 28, 28), device, args.episodes)
+    for method in args.methods.split(","):
+        torch.manual_seed(0)
+        learner = build(method, METHODS[method], (1, 28, 28), 5).eval()
+        reference = before(learner, bank, manifest)
+        variants = {"before": lambda L=learner: before(L, bank, manifest),
+                    "after_nchw_pool": lambda L=learner: after(L, bank, manifest, 1, pool=False)}
+        for b in map(int, args.batches.split(",")):
+            variants[f"after_batch{b}"] = lambda b=b, L=learner: after(L, bank, manifest, b)
+        with contextlib.redirect_stderr(io.StringIO()):  # (progress bars)
+            for name, fn in variants.items():
+                got = fn()
+                if [r[1:] for r in got] != [r[1:] for r in reference]:
+                    raise SystemExit(f"{method} {name}: accuracies differ from the before path's")
+            med = interleaved(variants, args.repeats, device)
+        out = {"method": method, "threads": args.threads, "episodes": args.episodes, "repeats": args.repeats}
+        for clock in ("wall", "cpu"):
+            base = med["before"][clock]
+            out[f"{clock}_episodes_per_s"] = {k: round(args.episodes / t[clock], 1) for k, t in med.items()}
+            out[f"{clock}_speedup"] = {k: round(base / t[clock], 2) for k, t in med.items()}
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
