@@ -51,3 +51,24 @@ def test_against_learn2learn_says_when_it_is_absent(monkeypatch):
     monkeypatch.setitem(sys.modules, "learn2learn", None)  # import fails as if not installed
     with pytest.raises(UserError, match="learn2learn is not importable.*bench"):
         against_learn2learn(tiny_params(), "tiny")
+
+
+def test_against_learn2learn_times_both_networks_where_it_is_installed():
+    """With the `bench` extra: rows for MAML and ANIL with the machinery ratio (learn2learn on
+    our network) and the as-shipped ratio (learn2learn on its own CNN4 of the same shape)."""
+    import pytest
+
+    pytest.importorskip("learn2learn", reason="learn2learn is the optional `bench` extra (not in CI)")
+    from mtml.bench_learn2learn import against_learn2learn, import_learn2learn, l2l_network
+    from mtml.models.conv4 import Classifier
+
+    ours = Classifier((1, 28, 28), 5, 8)
+    theirs = l2l_network(import_learn2learn(), ours, (1, 28, 28), 5)
+    assert sorted(p.shape for p in theirs.parameters()) == sorted(p.shape for p in ours.parameters())
+    params = tiny_params(methods={"maml": {"filters": 8}, "anil": {"filters": 8}})
+    result = against_learn2learn(params, "tiny", repeats=1, iterations=1, episodes=2)
+    assert [r["method"] for r in result["rows"]] == ["maml", "anil"]
+    for row in result["rows"]:
+        for key in ("train_ours_over_l2l", "train_ours_over_l2l_cnn4", "eval_ours_over_l2l",
+                    "eval_ours_over_l2l_cnn4"):
+            assert row[key] > 0

@@ -6,11 +6,13 @@
 - Changing one method's hyperparameter reruns only that method's stages (+ aggregation).
 - Adding a seed runs only the new seed's stages (+ aggregation).
 - An interrupted training resumes and ends with the same files as an uninterrupted one.
+- Trainings are scheduled longest first, from the times their last runs recorded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -144,6 +146,34 @@ def test_adding_a_seed_runs_only_the_new_seed(front_doors):
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
     assert changed == sorted(f"{stage}.tiny.{m}.2" for stage in ("train", "evaluate")
                              for m in ("pixel-nn", "protonet", "maml")), status
+
+
+def test_trainings_start_longest_first_by_their_recorded_times(tmp_path):
+    """The train rule's priority is the shortest recorded training of the method over its
+    seeds (one slowed run does not count), 0 without a record; evaluations keep 0."""
+    from mtml.training.trainer import recorded_train_seconds
+
+    p = _seeded()
+    smk = project_dir(tmp_path / "p", p)
+    runs = smk / "metrics" / "default" / "runs" / "tiny"  # (params.yaml is the study `default`)
+    for method, seed, seconds in (("maml", 0, 50.5), ("maml", 1, 9.25), ("protonet", 1, 20.0)):
+        (runs / method / f"seed-{seed}").mkdir(parents=True)
+        (runs / method / f"seed-{seed}" / "timing_train.json").write_text(json.dumps({"train_seconds": seconds}))
+    (runs / "protonet" / "seed-0").mkdir()
+    (runs / "protonet" / "seed-0" / "timing_train.json").write_text("{not json")  # unreadable: skipped
+    assert recorded_train_seconds([runs / "maml" / "seed-0", runs / "maml" / "seed-1"]) == 9.25
+    assert recorded_train_seconds([runs / "pixel-nn" / "seed-0"]) == 0.0
+    dry = run_command(["snakemake", "--cores", "1", "all", "-n"], smk).stdout
+    jobs = re.split(r"\n(?=(?:local)?rule \w+:)", dry)  # a block per job
+    priority = {}
+    for job in jobs:
+        if "rule train:" in job:
+            method = job.split("method=")[1].split(",")[0]
+            line = [ln for ln in job.splitlines() if "priority:" in ln]
+            priority.setdefault(method, set()).add(float(line[0].split(":")[1]) if line else 0.0)
+        elif "rule evaluate:" in job:
+            assert "priority:" not in job, job
+    assert priority == {"maml": {9.25}, "protonet": {20.0}, "pixel-nn": {0.0}}, dry
 
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path):

@@ -106,6 +106,20 @@ def run_dependencies(w):
     return [s(p) for p in LAYOUT.dependency_models(w.experiment, w.method, w.seed)]
 
 
+# Longest trainings first: Snakemake starts ready jobs of higher priority first, and a long
+# training started last keeps one core busy while the others idle (on 2 cores, the default's
+# MAML training after ProtoNet's and ANIL's). The estimate is the shortest time the method's
+# last trainings took (timing_train.json of each seed, committed for the documented studies);
+# methods never trained get 0 and keep Snakemake's order. Evaluations keep priority 0, so
+# trainings go first. Only the order changes, never a result.
+def train_priority(w):
+    from mtml.training.trainer import recorded_train_seconds
+
+    return recorded_train_seconds(
+        LAYOUT.run_dir(w.experiment, w.method, seed) for seed in STUDY.seeds
+    )
+
+
 # What train/evaluate read: their `params:` (workflow/rules/meta.smk), resolved (every
 # override applied), so a change of exactly these reruns a run. Its own training seed only:
 # adding a seed to `seeds` leaves the other seeds' runs alone.

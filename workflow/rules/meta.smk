@@ -14,6 +14,7 @@ rule train:
         files=[s(p) for p in LAYOUT.run_files(**RUN, names=TRAIN_FILES)],
     log:
         s(LAYOUT.log("train", "{experiment}", "{method}", "seed-{seed}")),
+    priority: train_priority
     conda:
         CONDA_ENV
     threads: JOB_THREADS

@@ -102,6 +102,20 @@ class StepTimer:
         return out
 
 
+def recorded_train_seconds(run_dirs) -> float:
+    """The fewest wall seconds any of these runs' last trainings took (their timing_train.json;
+    0.0 if none is readable). The workflow passes a method's runs over all seeds, so one run
+    slowed by a busy machine does not make its method look long; it starts the longest
+    trainings first with it (common.smk)."""
+    seconds = []
+    for run_dir in run_dirs:
+        try:
+            seconds.append(float(json.loads((Path(run_dir) / "timing_train.json").read_text())["train_seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return min(seconds, default=0.0)
+
+
 def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], tcfg: dict,
         fingerprint: str, model_dir: Path, metrics_dir: Path, device: torch.device, label: str,
         model_info: dict) -> dict:

@@ -1,6 +1,6 @@
-"""Evaluation episodes/s before issue 17 and now, interleaved in one process (docs/speed.md).
+"""Evaluation episodes/s and meta-training iterations/s before issue 17 and now (docs/speed.md).
 
-"before" is the evaluate stage's loop as it was at commit 24a6638: a pandas groupby per
+Evaluation (`eval`, interleaved in one process): "before" is the evaluate stage's loop as it was at commit 24a6638: a pandas groupby per
 episode to find its images, the prediction, then a second backbone pass for NIL, with torch's
 NCHW max-pool in Conv-4. "after" is `evaluate_manifest` today (index arrays, NIL from the
 prediction's features where it has them, `conv4.max_pool`), in its reference mode
@@ -8,10 +8,18 @@ prediction's features where it has them, `conv4.max_pool`), in its reference mod
 manifest with the same untrained learner (Conv-4-32, 28x28, 5-way 1-shot, 15 queries, NIL
 against class means); every variant's accuracies are checked equal to the before path's.
 
-    python scripts/bench_eval_before_after.py --threads 1 --episodes 100 --repeats 5
+    python scripts/bench_before_after.py eval --threads 1 --episodes 100 --repeats 5
 
 The process-wide allocator setting (`mtml.speed.keep_freed_memory`) applies to both sides,
-so the ratio leaves out what it saves.
+so the evaluation ratio leaves out what it saves.
+
+Meta-training (`train`): a process per side, alternated (before, after, before, ...), each
+timing `--iterations` meta-updates of the default settings (meta-batch 4) per call after a
+warm-up and reporting its median: "before" with torch's NCHW max-pool and glibc's default
+malloc, "after" as every mtml command runs now (`conv4.max_pool`, `keep_freed_memory`).
+The loop trains the same (tests/test_conv4_pool.py), so both sides do the same arithmetic.
+
+    python scripts/bench_before_after.py train --threads 1 --iterations 3 --repeats 5 --rounds 3
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ import argparse
 import contextlib
 import io
 import json
+import statistics
+import subprocess
+import sys
+import time
 
 import torch
 
@@ -74,14 +86,62 @@ def after(learner, bank, manifest, batch: int, pool: bool = True):
     return list(frame[["episode", "accuracy", "nil_accuracy"]].itertuples(index=False, name=None))
 
 
+def train_side(side: str, method: str, threads: int, iterations: int, repeats: int) -> float:
+    """Median seconds per call of `iterations` meta-updates, in this process, as `side` ran."""
+    from mtml.benchmark import random_episode
+
+    if side == "after":
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    learner = build(method, METHODS[method], (1, 28, 28), 5)
+    opt = learner.make_optimizer(1e-3)
+    batches = [[random_episode(5, 1, 15, (1, 28, 28)) for _ in range(4)] for _ in range(iterations)]
+    times = []
+    with contextlib.nullcontext() if side == "after" else nchw_max_pool():
+        for _ in range(repeats + 1):  # the first call warms up
+            start = time.perf_counter()
+            for b in batches:
+                learner.train_step(b, opt, lambda b=b: b)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def train(args) -> None:
+    for method in args.methods.split(","):
+        seconds = {"before": [], "after": []}
+        for _ in range(args.rounds):
+            for side in ("before", "after"):
+                out = subprocess.run([sys.executable, __file__, "train-side", side, method, str(args.threads),
+                                      str(args.iterations), str(args.repeats)],
+                                     capture_output=True, text=True, check=True).stdout
+                seconds[side].append(float(out.split()[-1]))
+        before, after = statistics.median(seconds["before"]), statistics.median(seconds["after"])
+        print(json.dumps({"method": method, "threads": args.threads, "iterations": args.iterations,
+                          "repeats": args.repeats, "rounds": args.rounds,
+                          "it_per_s": {"before": round(args.iterations / before, 2),
+                                       "after": round(args.iterations / after, 2)},
+                          "speedup": round(before / after, 2), "rounds_seconds": seconds}), flush=True)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["train-side"]:  # one side of `train`, in its own process
+        side, method, threads, iterations, repeats = sys.argv[2:7]
+        print(train_side(side, method, int(threads), int(iterations), int(repeats)))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("part", choices=("eval", "train"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--episodes", type=int, default=100)
+    ap.add_argument("--episodes", type=int, default=100, help="eval: episodes per timed call")
+    ap.add_argument("--iterations", type=int, default=3, help="train: meta-updates per timed call")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="train: alternated processes per side")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--batches", default="1", help="episode_batch values of the after path")
+    ap.add_argument("--batches", default="1", help="eval: episode_batch values of the after path")
     args = ap.parse_args()
+    if args.part == "train":
+        train(args)
+        return
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
