@@ -5,8 +5,8 @@ episode to find its images, the prediction, then a second backbone pass for NIL,
 NCHW max-pool in Conv-4. "after" is `evaluate_manifest` today (index arrays, NIL from the
 prediction's features where it has them, `conv4.max_pool`), in its reference mode
 (`episode_batch: 1`) unless --batches says more. Both score the same random bank and
-manifest with the same untrained learner (Conv-4-32, 28x28, 5-way 1-shot, 15 queries, NIL
-against class means); every variant's accuracies are checked equal to the before path's.
+manifest with the same untrained learner (params.yaml's hyperparameters; 28x28, 5-way 1-shot,
+15 queries, NIL against class means); every variant's accuracies are checked equal to the before path's.
 
     python scripts/bench_before_after.py eval --threads 1 --episodes 100 --repeats 5
 
@@ -42,11 +42,13 @@ from mtml.evaluation.stats import nil_logits
 from mtml.methods.base import build
 from mtml.speed import keep_freed_memory
 
-METHODS = {  # params.yaml's default methods
-    "protonet": {"filters": 32},
-    "anil": {"filters": 32, "inner_lr": 0.4, "inner_steps": 5, "eval_inner_steps": 10},
-    "maml": {"filters": 32, "inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 3, "first_order": False},
-}
+METHODS = ("protonet", "anil", "maml")  # with their hyperparameters in params.yaml
+
+
+def method_config(method: str) -> dict:
+    from mtml import params
+
+    return params.load(["params.yaml"]).params["methods"][method]
 
 
 def old_manifest_episodes(bank, manifest):
@@ -94,7 +96,7 @@ def train_side(side: str, method: str, threads: int, iterations: int, repeats: i
         keep_freed_memory()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    learner = build(method, METHODS[method], (1, 28, 28), 5)
+    learner = build(method, method_config(method), (1, 28, 28), 5)
     opt = learner.make_optimizer(1e-3)
     batches = [[random_episode(5, 1, 15, (1, 28, 28)) for _ in range(4)] for _ in range(iterations)]
     times = []
@@ -148,7 +150,7 @@ def main() -> None:
     bank, manifest = random_bank(5, 1, 15, (1, 28, 28), device, args.episodes)
     for method in args.methods.split(","):
         torch.manual_seed(0)
-        learner = build(method, METHODS[method], (1, 28, 28), 5).eval()
+        learner = build(method, method_config(method), (1, 28, 28), 5).eval()
         reference = before(learner, bank, manifest)
         variants = {"before": lambda L=learner: before(L, bank, manifest),
                     "after_nchw_pool": lambda L=learner: after(L, bank, manifest, 1, pool=False)}
