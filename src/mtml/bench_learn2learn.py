@@ -97,7 +97,7 @@ class _L2LSide:
     """learn2learn's MAML around one network: the whole net (MAML) or its head (ANIL)."""
 
     def __init__(self, l2l, net: nn.Module, backbone: nn.Module, head: nn.Module, hp: dict, head_only: bool):
-        self.net, self.hp = net, hp
+        self.hp = hp
         self.maml = l2l.algorithms.MAML(head if head_only else net, lr=hp["inner_lr"], first_order=hp["first_order"])
         self.features = backbone if head_only else None
         self.opt = torch.optim.Adam(net.parameters(), lr=1e-3)

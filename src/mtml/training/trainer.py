@@ -25,6 +25,7 @@ from mtml.training.checkpoint import load_checkpoint, save_checkpoint, save_mode
 from mtml.utils import atomic_path, interactive, progress, write_json
 
 LOG_COLUMNS = ["iteration", "loss", "train_accuracy", "val_accuracy"]
+TIMING_FILE = "timing_train.json"  # written by fit, read by recorded_train_seconds
 
 
 def episodes_accuracy(learner: MetaLearner, bank: ImageBank, manifest: pd.DataFrame) -> float:
@@ -110,7 +111,7 @@ def recorded_train_seconds(run_dirs) -> float:
     seconds = []
     for run_dir in run_dirs:
         try:
-            seconds.append(float(json.loads((Path(run_dir) / "timing_train.json").read_text())["train_seconds"]))
+            seconds.append(float(json.loads((Path(run_dir) / TIMING_FILE).read_text())["train_seconds"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return min(seconds, default=0.0)
@@ -208,5 +209,5 @@ def fit(learner: MetaLearner, stream, validate: Callable[[MetaLearner], float], 
     write_json(Path(metrics_dir) / "train.json", summary)
     with atomic_path(Path(metrics_dir) / "trace.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(t, sort_keys=True) + "\n" for t in traces))
-    write_json(Path(metrics_dir) / "timing_train.json", {"train_seconds": round(train_seconds, 3), **steps.summary()})
+    write_json(Path(metrics_dir) / TIMING_FILE, {"train_seconds": round(train_seconds, 3), **steps.summary()})
     return summary
