@@ -1,8 +1,8 @@
 """Evaluation episodes/s and meta-training iterations/s before issue 17 and now (docs/speed.md).
 
 Evaluation (`eval`, interleaved in one process): "before" is the evaluate stage's loop as it was at commit 24a6638: a pandas groupby per
-episode to find its images, the prediction, then a second backbone pass for NIL, with torch's
-NCHW max-pool in Conv-4. "after" is `evaluate_manifest` today (index arrays, NIL from the
+episode to find its images, the prediction, then a second backbone pass for NIL, with Conv-4's
+blocks as they were (ReLU on the whole map, then torch's NCHW max-pool). "after" is `evaluate_manifest` today (index arrays, NIL from the
 prediction's features where it has them, `conv4.max_pool`), in its reference mode
 (`episode_batch: 1`) unless --batches says more. Both score the same random bank and
 manifest with the same untrained learner (params.yaml's hyperparameters; 28x28, 5-way 1-shot,
@@ -15,8 +15,9 @@ so the evaluation ratio leaves out what it saves.
 
 Meta-training (`train`): a process per side, alternated (before, after, before, ...), each
 timing `--iterations` meta-updates of the default settings (meta-batch 4) per call after a
-warm-up and reporting its median: "before" with torch's NCHW max-pool and glibc's default
-malloc, "after" as every mtml command runs now (`conv4.max_pool`, `keep_freed_memory`).
+warm-up and reporting its median: "before" with Conv-4's blocks as they were (ReLU, then
+torch's NCHW max-pool) and glibc's default malloc, "after" as every mtml command runs now
+(`conv4.max_pool`, ReLU after the pool, `keep_freed_memory`).
 The loop trains the same (tests/test_conv4_pool.py), so both sides do the same arithmetic.
 
     python scripts/bench_before_after.py train --threads 1 --iterations 3 --repeats 5 --rounds 3
@@ -63,6 +64,7 @@ def old_manifest_episodes(bank, manifest):
 
 @contextlib.contextmanager
 def nchw_max_pool():
+    """torch's NCHW max-pool in Conv-4 (`conv4.max_pool` replaced)."""
     fast = conv4.max_pool
     conv4.max_pool = lambda x: torch.nn.functional.max_pool2d(x, 2)
     try:
@@ -71,9 +73,26 @@ def nchw_max_pool():
         conv4.max_pool = fast
 
 
+def filing_time_block(self, x):
+    """Conv-4's max-pool block as 24a6638 ran it: ReLU on the whole map, then the pool."""
+    assert not self.stride, "the timed methods use max-pool blocks"
+    return torch.nn.functional.max_pool2d(torch.relu(self.norm(self.conv(x))), 2)
+
+
+@contextlib.contextmanager
+def filing_time_conv4():
+    """Conv-4 as it ran when issue 17 was filed: ReLU, then torch's NCHW max-pool."""
+    forward = conv4.ConvBlock.forward
+    conv4.ConvBlock.forward = filing_time_block
+    try:
+        yield
+    finally:
+        conv4.ConvBlock.forward = forward
+
+
 def before(learner, bank, manifest):
     rows = []
-    with nchw_max_pool(), torch.no_grad():
+    with filing_time_conv4(), torch.no_grad():
         for ep_id, ep in old_manifest_episodes(bank, manifest):
             acc = (learner.predict(ep).argmax(-1) == ep.query_y).float().mean()
             support, query = episode_embeddings(learner, ep)
@@ -100,7 +119,7 @@ def train_side(side: str, method: str, threads: int, iterations: int, repeats: i
     opt = learner.make_optimizer(1e-3)
     batches = [[random_episode(5, 1, 15, (1, 28, 28)) for _ in range(4)] for _ in range(iterations)]
     times = []
-    with contextlib.nullcontext() if side == "after" else nchw_max_pool():
+    with contextlib.nullcontext() if side == "after" else filing_time_conv4():
         for _ in range(repeats + 1):  # the first call warms up
             start = time.perf_counter()
             for b in batches:

@@ -51,12 +51,19 @@ def test_gradient_goes_where_max_pool2d_sends_it_on_ties(shape):
     assert torch.equal(g_plain.flatten(2).gather(2, index.flatten(2)).view(index.shape), weights.expand_as(index))
 
 
-def _maml_grads(pool, first_order: bool):
-    """A second-order (or first-order) MAML meta-gradient through Conv-4 with `pool`."""
+def reference_block(self, x):
+    """Conv-4's block as written in the papers: conv, BatchNorm, ReLU, then torch's max-pool."""
+    return plain(torch.relu(self.norm(self.conv(x))))
+
+
+def _maml_grads(pool, first_order: bool, block_forward=conv4.ConvBlock.forward):
+    """A second-order (or first-order) MAML meta-gradient through Conv-4 with `pool` and
+    `block_forward` as its blocks' forward."""
     torch.manual_seed(0)
     net = Classifier((1, 28, 28), 5, 8)
     x, y = torch.randn(20, 1, 28, 28), torch.randint(0, 5, (20,))
     saved, conv4.max_pool = conv4.max_pool, pool
+    saved_forward, conv4.ConvBlock.forward = conv4.ConvBlock.forward, block_forward
     try:
         params = dict(net.named_parameters())
         loss = nn.functional.cross_entropy(functional_call(net, params, (x[:10],)), y[:10])
@@ -65,13 +72,35 @@ def _maml_grads(pool, first_order: bool):
         outer = nn.functional.cross_entropy(functional_call(net, new, (x[10:],)), y[10:])
         return [loss.detach(), outer.detach()] + list(torch.autograd.grad(outer, list(params.values())))
     finally:
-        conv4.max_pool = saved
+        conv4.max_pool, conv4.ConvBlock.forward = saved, saved_forward
 
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_meta_gradients_equal_the_plain_op_bit_for_bit(first_order):
     fast, reference = _maml_grads(max_pool, first_order), _maml_grads(plain, first_order)
     assert all(torch.equal(a, b) for a, b in zip(fast, reference))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_blocks_pooling_before_relu_equal_the_papers_order_bit_for_bit(first_order):
+    """ConvBlock pools, then applies ReLU (a quarter of the elements): the same losses,
+    meta-gradients and second derivatives as ReLU, then torch's max-pool."""
+    fast = _maml_grads(max_pool, first_order)
+    reference = _maml_grads(plain, first_order, block_forward=reference_block)
+    assert all(torch.equal(a, b) for a, b in zip(fast, reference))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_commutes_with_the_pool_on_ties_zeros_and_nan(shape):
+    x = tied(shape)  # many windows of zeros, of negatives only, of equal positive maxima
+    x.view(-1)[::19] = float("nan")
+    with torch.no_grad():
+        assert torch.equal(torch.relu(max_pool(x)).nan_to_num(7.5), plain(torch.relu(x)).nan_to_num(7.5))
+    xg = x.nan_to_num(0.0).requires_grad_()
+    weights = torch.arange(plain(xg).numel(), dtype=torch.float32).view(plain(xg).shape) - 20
+    g_fast, = torch.autograd.grad((torch.relu(max_pool(xg)) * weights).sum(), xg)
+    g_reference, = torch.autograd.grad((plain(torch.relu(xg)) * weights).sum(), xg)
+    assert torch.equal(g_fast, g_reference)
 
 
 def test_other_inputs_take_the_plain_op():
