@@ -13,7 +13,8 @@ loop in both:
   BatchNorm on batch statistics), so the ratio measures the meta-learning code alone;
 - as shipped: learn2learn wraps its own Conv-4 of the same shape (`l2l.vision.models.CNN4`
   with `filters` channels, max-pooling, the input's channels), what a learn2learn user runs;
-  the ratio adds what our network does differently (its CPU max-pool, `conv4.max_pool`).
+  the ratio adds what our network does differently (its CPU max-pool, `conv4.max_pool`,
+  and ReLU after the pool; the same numbers).
   That network keeps BatchNorm running averages; like learn2learn's MAML examples, it stays
   in train mode when evaluating, so both sides normalise by the episode's own statistics.
 learn2learn's ANIL is its documented recipe: the backbone outside, `l2l.algorithms.MAML`
