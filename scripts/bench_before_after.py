@@ -1,9 +1,10 @@
 """Evaluation episodes/s and meta-training iterations/s before issue 17 and now (docs/speed.md).
 
-Evaluation (`eval`, interleaved in one process): "before" is the evaluate stage's loop as it was at commit 24a6638: a pandas groupby per
-episode to find its images, the prediction, then a second backbone pass for NIL, with Conv-4's
-blocks as they were (ReLU on the whole map, then torch's NCHW max-pool). "after" is `evaluate_manifest` today (index arrays, NIL from the
-prediction's features where it has them, `conv4.max_pool`), in its reference mode
+Evaluation (`eval`, interleaved in one process): "before" is the evaluate stage's loop as it
+was at commit 24a6638: a pandas groupby per episode to find its images, the prediction, then a
+second backbone pass for NIL, with Conv-4's blocks as they were (ReLU on the whole map, then
+torch's NCHW max-pool). "after" is `evaluate_manifest` today (index arrays, NIL from the
+prediction's features where it has them, `conv4.max_pool`, ReLU after it), in its reference mode
 (`episode_batch: 1`) unless --batches says more. Both score the same random bank and
 manifest with the same untrained learner (params.yaml's hyperparameters; 28x28, 5-way 1-shot,
 15 queries, NIL against class means); every variant's accuracies are checked equal to the before path's.
