@@ -22,6 +22,13 @@ torch's NCHW max-pool) and glibc's default malloc, "after" as every mtml command
 The loop trains the same (tests/test_conv4_pool.py), so both sides do the same arithmetic.
 
     python scripts/bench_before_after.py train --threads 1 --iterations 3 --repeats 5 --rounds 3
+
+Conv-4's pooling and ReLU without a graph (`pool`, interleaved in one process), per block of
+an evaluation's query set (75 images, 32 channels): ReLU, then the maximum of each window's
+four strided views (the evaluation path before ReLU moved after the pool) against
+`conv4.max_pool` (row pairs, then column pairs), then ReLU; and the two pools alone.
+
+    python scripts/bench_before_after.py pool --threads 1 --repeats 40
 """
 
 from __future__ import annotations
@@ -129,6 +136,35 @@ def train_side(side: str, method: str, threads: int, iterations: int, repeats: i
     return statistics.median(times[1:])
 
 
+def four_view_max(x):
+    """The no-graph pool before 1c88779: the maximum of each window's four strided views."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
+def pool(args) -> None:
+    torch.set_num_threads(args.threads)
+    variants = {"relu_then_four_views": lambda x: four_view_max(torch.relu(x)),
+                "max_pool_then_relu": lambda x: torch.relu(conv4.max_pool(x)),
+                "four_views": four_view_max, "max_pool": conv4.max_pool}
+    for size in (28, 14, 7):
+        x = torch.randn(75, 32, size, size)
+        assert torch.equal(variants["relu_then_four_views"](x), variants["max_pool_then_relu"](x))
+        seconds = {name: [] for name in variants}
+        with torch.no_grad():
+            for _ in range(args.repeats):
+                for name, fn in variants.items():
+                    start = time.perf_counter()
+                    fn(x)
+                    seconds[name].append(time.perf_counter() - start)
+        ms = {name: round(statistics.median(t) * 1e3, 3) for name, t in seconds.items()}
+        print(json.dumps({"shape": list(x.shape), "threads": args.threads, "median_ms": ms,
+                          "pool_and_relu_speedup": round(ms["relu_then_four_views"] / ms["max_pool_then_relu"], 2),
+                          "pool_speedup": round(ms["four_views"] / ms["max_pool"], 2)}), flush=True)
+
+
 def train(args) -> None:
     for method in args.methods.split(","):
         seconds = {"before": [], "after": []}
@@ -152,17 +188,17 @@ def main() -> None:
         print(train_side(side, method, int(threads), int(iterations), int(repeats)))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", choices=("eval", "train"))
+    ap.add_argument("part", choices=("eval", "train", "pool"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--episodes", type=int, default=100, help="eval: episodes per timed call")
     ap.add_argument("--iterations", type=int, default=3, help="train: meta-updates per timed call")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="(pool: 40 is what docs/speed.md quotes)")
     ap.add_argument("--rounds", type=int, default=3, help="train: alternated processes per side")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batches", default="1", help="eval: episode_batch values of the after path")
     args = ap.parse_args()
-    if args.part == "train":
-        train(args)
+    if args.part in ("train", "pool"):
+        (train if args.part == "train" else pool)(args)
         return
     keep_freed_memory()
     torch.set_num_threads(args.threads)
