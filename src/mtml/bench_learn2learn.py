@@ -177,7 +177,7 @@ def print_against(result: dict) -> None:
     s = result["setting"]
     print(f"mtml vs learn2learn {result['learn2learn']} on {result['device']} ({result['torch_threads']} threads): "
           f"{s['ways']}-way {s['shots']}-shot, images {s['image_shape']}, meta-batch {s['meta_batch']}; "
-          f"medians of {s['repeats']} interleaved repeats")
+          f"medians of {s['repeats']} interleaved repeats; Conv-4 CPU kernels: {result['cpu_kernels']}")
     for r in result["rows"]:
         print(f"{r['method']:>8} | train it/s mtml ({r['task_parallel']}) {r['train_it_per_s_mtml']:.2f} learn2learn "
               f"{r['train_it_per_s_learn2learn']:.2f} (x{r['train_ours_over_l2l']:.2f}) | eval episodes/s mtml "

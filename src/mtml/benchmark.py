@@ -17,6 +17,7 @@ import torch
 
 from mtml.methods.base import build_learner
 from mtml.methods.parallel import resolve_task_parallel
+from mtml.models import cpu_kernels
 from mtml.utils import resolve_device
 
 
@@ -24,7 +25,7 @@ def device_info(device: torch.device) -> dict:
     """What every benchmark result records about where it ran."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"device": str(device), "device_name": name, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "cpu_kernels": cpu_kernels.status() if device.type == "cpu" else "-"}
 
 
 def _sync(device):
@@ -173,7 +174,8 @@ def print_benchmark(result: dict) -> None:
     s = result["setting"]
     table = Table(title=f"mtml benchmark on {result['device']} ({result['device_name']}, "
                         f"{result['torch_threads']} threads): {s['ways']}-way {s['shots']}-shot, "
-                        f"meta-batch {s['meta_batch']}, images {s['image_shape']}")
+                        f"meta-batch {s['meta_batch']}, images {s['image_shape']}",
+                  caption=f"Conv-4 CPU kernels: {result['cpu_kernels']}" if result["device"] == "cpu" else None)
     generators = any("generator_parameters" in r for r in result["rows"])
     cols = ["method", "parameters"] + (["generator params"] if generators else []) + ["train it/s", "eval episodes/s"]
     for col in cols:
@@ -302,7 +304,7 @@ def print_comparison(result: dict) -> None:
     s = result["setting"]
     print(f"mtml speed options on {result['device']} ({result['device_name']}, {result['torch_threads']} threads): "
           f"{s['ways']}-way {s['shots']}-shot {s['queries']} queries, images {s['image_shape']}, "
-          f"meta-batch {s['meta_batch']}; medians of {s['repeats']} interleaved repeats")
+          f"meta-batch {s['meta_batch']}; medians of {s['repeats']} interleaved repeats; Conv-4 CPU kernels: {result['cpu_kernels']}")
     for r in result["rows"]:
         parts = [f"{r['method']:>10}"]
         if "train_it_per_s_loop" in r:

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch._C._functorch import is_batchedtensor, is_functorch_wrapped_tensor
 
+from mtml.models import cpu_kernels
+
 
 _SPLIT_AFFINE = contextvars.ContextVar("split_affine_batch_norm", default=False)
 
@@ -76,10 +78,12 @@ def max_pool(x: Tensor) -> Tensor:
             x = x[..., :h, :w]
             rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
             return torch.maximum(rows[..., 0::2], rows[..., 1::2])
-        with torch.no_grad():
-            _, index = nn.functional.max_pool2d(x.detach().contiguous(memory_format=torch.channels_last), 2,
-                                                return_indices=True)
-        index = index.contiguous()
+        index = cpu_kernels.pool_index(x)
+        if index is None:
+            with torch.no_grad():
+                _, index = nn.functional.max_pool2d(x.detach().contiguous(memory_format=torch.channels_last), 2,
+                                                    return_indices=True)
+            index = index.contiguous()
         return x.flatten(2).gather(2, index.flatten(2)).view(index.shape)
     return nn.functional.max_pool2d(x, 2)
 
@@ -109,6 +113,13 @@ class ConvBlock(nn.Module):
             n = self.norm
             x = nn.functional.batch_norm(x, None, None, None, None, True, 0.0, n.eps)
             x = x * n.weight[:, None, None] + n.bias[:, None, None]
+        elif self.norm.running_mean is None:  # batch statistics: torch's bits, faster on a CPU
+            n = self.norm
+            if self.pool:  # without a graph, BatchNorm, pool and ReLU in one pass where it can
+                out = cpu_kernels.batch_norm_pool_relu(x, n.weight, n.bias, n.eps)
+                if out is not None:
+                    return out
+            x = cpu_kernels.batch_norm(x, n.weight, n.bias, n.eps)
         else:
             x = self.norm(x)
         # ReLU after the pool: the two commute exactly (ReLU is monotone, both only select),

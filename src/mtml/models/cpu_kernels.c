@@ -1,0 +1,218 @@
+/* BatchNorm in batch-statistics mode for a contiguous float32 NCHW tensor on a CPU, computing
+   exactly the bits of torch's CPU kernel (aten/src/ATen/native/cpu/batch_norm_kernel.cpp),
+   faster. torch sums each channel sequentially in double precision, one channel after the
+   other, so each addition waits for the one before; here the same sequential sums of many
+   channels run side by side (AVX2: eight channels per vector, four vectors in flight), which
+   keeps every channel's order and therefore every bit.
+
+   Per channel, as torch: sum = double sum of x in (n, h, w) order; mean = float(sum / count);
+   var_sum = float(double sum of float((x - mean)^2)); invstd = float(1 / sqrt(double(var_sum /
+   count) + eps)) with var_sum / count in float; alpha = invstd * weight, beta = fma(-mean,
+   alpha, bias), y = fma(x, alpha, beta) (torch's vectorised CPU code fuses both; `fused` = 0
+   computes them unfused for builds that do not, picked by the self-check in Python).
+
+   Build with -ffp-contract=off (no contraction beyond the explicit fmaf) and without
+   -ffast-math: the additions must stay in their written order. */
+#include <math.h>
+#include <stdint.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define GROUP 8   /* channels per vector */
+#define GROUPS 4  /* vectors of channels summed side by side */
+
+static void sums_scalar(const float *x, long n, long c, long hw, long c0, long g, const float *mean,
+                        double *s) {
+  for (long b = 0; b < n; b++) {
+    const float *p = x + (b * c + c0) * hw;
+    for (long i = 0; i < hw; i++)
+      for (long k = 0; k < g; k++) {
+        float v = p[k * hw + i];
+        if (mean) { float d = v - mean[k]; v = d * d; }
+        s[k] += (double)v;
+      }
+  }
+}
+
+#if defined(__AVX2__)
+/* r[j] <- lane k holds row k's element j (8x8 float transpose) */
+static inline void transpose8(__m256 r[8]) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20); r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20); r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31); r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* Sequential double sums of `groups` x 8 channels from c0 (of x, or of (x - mean)^2 when mean
+   is given), 8 positions of a plane at a time; the last, partial block adds only its `rem`
+   real positions, so every channel adds exactly its values, in order. */
+static void sums_avx2(const float *x, long n, long c, long hw, long c0, int groups, const float *mean,
+                      double *s) {
+  __m256d acc[GROUPS][2];
+  __m256 m[GROUPS];
+  for (int q = 0; q < groups; q++) {
+    acc[q][0] = _mm256_loadu_pd(s + q * GROUP);
+    acc[q][1] = _mm256_loadu_pd(s + q * GROUP + 4);
+    m[q] = mean ? _mm256_loadu_ps(mean + q * GROUP) : _mm256_setzero_ps();
+  }
+  for (long b = 0; b < n; b++) {
+    const float *p = x + (b * c + c0) * hw;
+    for (long i = 0; i < hw; i += 8) {
+      long rem = hw - i < 8 ? hw - i : 8;
+      __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      for (int q = 0; q < groups; q++) {
+        __m256 r[8];
+        const float *pq = p + (long)q * GROUP * hw + i;
+        if (rem == 8)
+          for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(pq + k * hw);
+        else
+          for (int k = 0; k < 8; k++) r[k] = _mm256_maskload_ps(pq + k * hw, mask);
+        transpose8(r);
+        for (int j = 0; j < rem; j++) {
+          __m256 v = r[j];
+          if (mean) { __m256 d = _mm256_sub_ps(v, m[q]); v = _mm256_mul_ps(d, d); }
+          acc[q][0] = _mm256_add_pd(acc[q][0], _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+          acc[q][1] = _mm256_add_pd(acc[q][1], _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        }
+      }
+    }
+  }
+  for (int q = 0; q < groups; q++) {
+    _mm256_storeu_pd(s + q * GROUP, acc[q][0]);
+    _mm256_storeu_pd(s + q * GROUP + 4, acc[q][1]);
+  }
+}
+#endif
+
+/* Per-channel sums over all channels, of x or of (x - mean)^2. */
+static void channel_sums(const float *x, long n, long c, long hw, const float *mean, double *s) {
+  for (long k = 0; k < c; k++) s[k] = 0.0;
+  long c0 = 0;
+#if defined(__AVX2__)
+  for (; c0 + GROUP <= c; ) {
+    long left = (c - c0) / GROUP;
+    int groups = left < GROUPS ? (int)left : GROUPS;
+    sums_avx2(x, n, c, hw, c0, groups, mean ? mean + c0 : 0, s + c0);
+    c0 += (long)groups * GROUP;
+  }
+#endif
+  if (c0 < c) sums_scalar(x, n, c, hw, c0, c - c0, mean ? mean + c0 : 0, s + c0);
+}
+
+int mtml_bn_avx2(void) {
+#if defined(__AVX2__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+/* mean[c], invstd[c] of x[n, c, hw]; `work` holds c doubles. */
+void mtml_bn_stats(const float *x, long n, long c, long hw, double eps, float *mean, float *invstd,
+                   double *work) {
+  long count = n * hw;
+  channel_sums(x, n, c, hw, 0, work);
+  for (long k = 0; k < c; k++) mean[k] = (float)(work[k] / (double)count);
+  channel_sums(x, n, c, hw, mean, work);
+  for (long k = 0; k < c; k++) {
+    float v = (float)work[k] / (float)count;  /* torch keeps var_sum as float, divides in float */
+    invstd[k] = (v == 0.0f && eps == 0.0) ? 0.0f : (float)(1.0 / sqrt((double)v + eps));
+  }
+}
+
+/* y = x * alpha + beta per channel, alpha = invstd * weight, beta = bias - mean * alpha (weight
+   and bias may be null: 1 and 0). */
+void mtml_bn_apply(const float *x, long n, long c, long hw, const float *mean, const float *invstd,
+                   const float *weight, const float *bias, int fused, float *y) {
+  for (long k = 0; k < c; k++) {
+    float a = invstd[k] * (weight ? weight[k] : 1.0f);
+    float b = bias ? bias[k] : 0.0f;
+    float beta = fused ? fmaf(-mean[k], a, b) : b - mean[k] * a;
+    for (long i = 0; i < n; i++) {
+      const float *p = x + (i * c + k) * hw;
+      float *q = y + (i * c + k) * hw;
+      if (fused)
+        for (long j = 0; j < hw; j++) q[j] = fmaf(p[j], a, beta);
+      else
+        for (long j = 0; j < hw; j++) q[j] = p[j] * a + beta;
+    }
+  }
+}
+
+/* torch.maximum on a CPU: NaN (all bits set, as its vectorised code makes it) when either is
+   NaN, else the larger, the second when they compare equal (+0 and -0). */
+static inline float torch_maximum(float a, float b) {
+  if (a != a || b != b) {
+    union { uint32_t u; float f; } nan = {0xFFFFFFFFu};
+    return nan.f;
+  }
+  return a > b ? a : b;
+}
+
+/* Without a graph, a Conv-4 block's BatchNorm, 2x2 max-pool and ReLU in one pass:
+   out[n, c, i, j] = relu(max(max(y[2i, 2j], y[2i+1, 2j]), max(y[2i, 2j+1], y[2i+1, 2j+1])))
+   with y the BatchNorm output as in mtml_bn_apply, the pool's row pairs first as
+   `conv4.max_pool` takes them, and torch.relu's -0 kept (x < 0 ? 0 : x). */
+void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, const float *mean,
+                             const float *invstd, const float *weight, const float *bias, int fused,
+                             float *out) {
+  long oh = h / 2, ow = w / 2;
+  for (long k = 0; k < c; k++) {
+    float a = invstd[k] * (weight ? weight[k] : 1.0f);
+    float b = bias ? bias[k] : 0.0f;
+    float beta = fused ? fmaf(-mean[k], a, b) : b - mean[k] * a;
+    for (long s = 0; s < n; s++) {
+      const float *p = x + (s * c + k) * h * w;
+      float *q = out + (s * c + k) * oh * ow;
+      for (long i = 0; i < oh; i++) {
+        const float *r0 = p + 2 * i * w, *r1 = r0 + w;
+        for (long j = 0; j < ow; j++) {
+          float y00, y01, y10, y11;
+          if (fused) {
+            y00 = fmaf(r0[2 * j], a, beta); y01 = fmaf(r0[2 * j + 1], a, beta);
+            y10 = fmaf(r1[2 * j], a, beta); y11 = fmaf(r1[2 * j + 1], a, beta);
+          } else {
+            y00 = r0[2 * j] * a + beta; y01 = r0[2 * j + 1] * a + beta;
+            y10 = r1[2 * j] * a + beta; y11 = r1[2 * j + 1] * a + beta;
+          }
+          float m = torch_maximum(torch_maximum(y00, y10), torch_maximum(y01, y11));
+          q[i * ow + j] = m < 0.0f ? 0.0f : m;
+        }
+      }
+    }
+  }
+}
+
+/* The 2x2, stride-2 max-pool's choice per window, as torch's CPU max_pool2d makes it: the
+   window's positions in order (row-major), keeping the first unless a later one is larger or
+   NaN (then that one), starting from the first position; index = row * w + column in the
+   plane. x holds `planes` contiguous h x w planes; index gets (h / 2) x (w / 2) per plane. */
+void mtml_pool_index(const float *x, long planes, long h, long w, int64_t *index) {
+  long oh = h / 2, ow = w / 2;
+  for (long p = 0; p < planes; p++) {
+    const float *src = x + p * h * w;
+    int64_t *dst = index + p * oh * ow;
+    for (long i = 0; i < oh; i++) {
+      const float *r0 = src + 2 * i * w, *r1 = r0 + w;
+      for (long j = 0; j < ow; j++) {
+        long base = 2 * i * w + 2 * j;
+        float v[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+        long at[4] = {base, base + 1, base + w, base + w + 1};
+        float best = -INFINITY;
+        long arg = base;
+        for (int q = 0; q < 4; q++)
+          if (v[q] > best || v[q] != v[q]) { best = v[q]; arg = at[q]; }
+        dst[i * ow + j] = arg;
+      }
+    }
+  }
+}
