@@ -23,10 +23,12 @@ The loop trains the same (tests/test_conv4_pool.py), so both sides do the same a
 
     python scripts/bench_before_after.py train --threads 1 --iterations 3 --repeats 5 --rounds 3
 
-Conv-4's pooling and ReLU without a graph (`pool`, interleaved in one process), per block of
-an evaluation's query set (75 images, 32 channels): ReLU, then the maximum of each window's
-four strided views (the evaluation path before ReLU moved after the pool) against
-`conv4.max_pool` (row pairs, then column pairs), then ReLU; and the two pools alone.
+Conv-4's block without a graph (`pool`, interleaved in one process), per block of an
+evaluation's query set (75 images, 32 channels): ReLU, then the maximum of each window's four
+strided views (the evaluation path before ReLU moved after the pool) against `conv4.max_pool`
+(row pairs, then column pairs), then ReLU; the two pools alone; torch's BatchNorm against the
+native one (`mtml.models.cpu_kernels`); and what follows the convolution as filed (torch's
+BatchNorm, ReLU, torch's max-pool) against the block now (BatchNorm, pool and ReLU in one pass).
 
     python scripts/bench_before_after.py pool --threads 1 --repeats 40
 """
@@ -49,6 +51,7 @@ from mtml.benchmark import interleaved, random_bank
 from mtml.evaluation.evaluate import episode_embeddings, evaluate_manifest
 from mtml.evaluation.stats import nil_logits
 from mtml.methods.base import build
+from mtml.models import cpu_kernels
 from mtml.speed import keep_freed_memory
 
 METHODS = ("protonet", "anil", "maml")  # with their hyperparameters in params.yaml
@@ -144,16 +147,36 @@ def four_view_max(x):
                          torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 
 
+def block_tail_before(x, w, b):
+    """A Conv-4 block after its convolution as filed: torch's BatchNorm, ReLU, torch's max-pool."""
+    bn = torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0, 1e-5)
+    return torch.nn.functional.max_pool2d(torch.relu(bn), 2)
+
+
+def block_tail_now(x, w, b):
+    """The same as `ConvBlock.forward` computes it now without a graph."""
+    out = cpu_kernels.batch_norm_pool_relu(x, w, b, 1e-5)
+    return out if out is not None else torch.relu(conv4.max_pool(cpu_kernels.batch_norm(x, w, b, 1e-5)))
+
+
 def pool(args) -> None:
     torch.set_num_threads(args.threads)
+    w, b = torch.randn(32), torch.randn(32)
     variants = {"relu_then_four_views": lambda x: four_view_max(torch.relu(x)),
                 "max_pool_then_relu": lambda x: torch.relu(conv4.max_pool(x)),
-                "four_views": four_view_max, "max_pool": conv4.max_pool}
+                "four_views": four_view_max, "max_pool": conv4.max_pool,
+                "torch_batch_norm": lambda x: torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0, 1e-5),
+                "native_batch_norm": lambda x: cpu_kernels.batch_norm(x, w, b, 1e-5),
+                "block_tail_before": lambda x: block_tail_before(x, w, b),
+                "block_tail_now": lambda x: block_tail_now(x, w, b)}
+    pairs = {"pool_and_relu": ("relu_then_four_views", "max_pool_then_relu"), "pool": ("four_views", "max_pool"),
+             "batch_norm": ("torch_batch_norm", "native_batch_norm"),
+             "block_tail": ("block_tail_before", "block_tail_now")}
     for size in (28, 14, 7):
         x = torch.randn(75, 32, size, size)
-        with torch.no_grad():  # both pairs compute the same numbers
-            assert torch.equal(variants["relu_then_four_views"](x), variants["max_pool_then_relu"](x))
-            assert torch.equal(variants["four_views"](x), variants["max_pool"](x))
+        with torch.no_grad():  # each pair computes the same numbers
+            for before_name, after_name in pairs.values():
+                assert torch.equal(variants[before_name](x), variants[after_name](x)), (before_name, after_name)
         seconds = {name: [] for name in variants}
         with torch.no_grad():
             for _ in range(args.repeats):
@@ -162,9 +185,9 @@ def pool(args) -> None:
                     fn(x)
                     seconds[name].append(time.perf_counter() - start)
         ms = {name: round(statistics.median(t) * 1e3, 3) for name, t in seconds.items()}
-        print(json.dumps({"shape": list(x.shape), "threads": args.threads, "median_ms": ms,
-                          "pool_and_relu_speedup": round(ms["relu_then_four_views"] / ms["max_pool_then_relu"], 2),
-                          "pool_speedup": round(ms["four_views"] / ms["max_pool"], 2)}), flush=True)
+        print(json.dumps({"shape": list(x.shape), "threads": args.threads, "cpu_kernels": cpu_kernels.status(),
+                          "median_ms": ms, **{f"{pair}_speedup": round(ms[a] / ms[c], 2)
+                                              for pair, (a, c) in pairs.items()}}), flush=True)
 
 
 def train(args) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from scipy import stats
 
 from mtml.errors import UserError
 from mtml.utils import atomic_path, write_text
@@ -343,6 +342,7 @@ def interval_from_replicates(g: float, reps: np.ndarray, df: float, alpha: float
                              interval: str = "expanded", bounds=(-math.inf, math.inf)) -> dict:
     """`combined_interval`'s CI and p from a point estimate g, its bootstrap replicates and the
     degrees of freedom of its variance."""
+    from scipy import stats  # here, not at the top: every stage imports this module (params checks)
     if interval not in ("expanded", "percentile"):
         raise UserError(f"interval {interval!r} is unknown; allowed: expanded, percentile")
     lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
@@ -374,6 +374,7 @@ def compare_pair(xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator, resam
                  alpha: float = 0.05, interval: str = "expanded") -> dict:
     """The statistics of one comparison row (before Holm) from two [seeds x episodes] matrices
     whose rows are the same seeds and whose columns are the same episodes."""
+    from scipy import stats  # here, not at the top: every stage imports this module (params checks)
     comb = combined_interval(xa - xb, rng, resamples, alpha, interval, bounds=(-100.0, 100.0))
     ea, eb = xa.mean(axis=0), xb.mean(axis=0)
     S, E = xa.shape
@@ -441,6 +442,7 @@ def seed_summary(per_episode: pd.DataFrame, resamples: int = 2000, seed: int = 0
                  interval: str = "expanded") -> pd.DataFrame:
     """Per-seed rows and one aggregated row (seed = "all") per experiment/method/split/dataset.
     Columns: `SeedSummaryRows`."""
+    from scipy import stats  # here, not at the top: every stage imports this module (params checks)
     df = _prepare(per_episode)
     has_nil = "nil_accuracy" in df and df["nil_accuracy"].notna().any()
     keys = _strata(df) + ["method"]

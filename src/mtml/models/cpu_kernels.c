@@ -1,21 +1,25 @@
-/* BatchNorm in batch-statistics mode for a contiguous float32 NCHW tensor on a CPU, computing
-   exactly the bits of torch's CPU kernel (aten/src/ATen/native/cpu/batch_norm_kernel.cpp),
-   faster. torch sums each channel sequentially in double precision, one channel after the
-   other, so each addition waits for the one before; here the same sequential sums of many
-   channels run side by side (AVX2: eight channels per vector, four vectors in flight), which
-   keeps every channel's order and therefore every bit.
+/* Conv-4's CPU kernels (mtml.models.cpu_kernels), each computing exactly the bits of the
+   torch ops they stand for on a contiguous float32 NCHW map, faster:
 
-   Per channel, as torch: sum = double sum of x in (n, h, w) order; mean = float(sum / count);
-   var_sum = float(double sum of float((x - mean)^2)); invstd = float(1 / sqrt(double(var_sum /
-   count) + eps)) with var_sum / count in float; alpha = invstd * weight, beta = fma(-mean,
-   alpha, bias), y = fma(x, alpha, beta) (torch's vectorised CPU code fuses both; `fused` = 0
-   computes them unfused for builds that do not, picked by the self-check in Python).
+   - BatchNorm with batch statistics (torch: aten/src/ATen/native/cpu/batch_norm_kernel.cpp).
+     torch sums each channel sequentially in double precision, one channel after the other,
+     so each addition waits for the one before; here the same sequential sums of many
+     channels run side by side (AVX2: eight channels per vector, four vectors in flight),
+     which keeps every channel's order and therefore every bit. Per channel, as torch: sum =
+     double sum of x in (n, h, w) order; mean = float(sum / count); var_sum = float(double sum
+     of float((x - mean)^2)); invstd = float(1 / sqrt(double(var_sum / count) + eps)) with
+     var_sum / count in float; alpha = invstd * weight, beta = fma(-mean, alpha, bias), y =
+     fma(x, alpha, beta) (torch's vectorised CPU code fuses both; `fused` = 0 computes them
+     unfused for builds that do not, picked by the self-check in Python).
+   - Without a graph, BatchNorm, the 2x2 max-pool and ReLU of a block in one pass.
+   - The 2x2 max-pool's choice of position per window (its `return_indices`).
 
-   Build with -ffp-contract=off (no contraction beyond the explicit fmaf) and without
-   -ffast-math: the additions must stay in their written order. */
+   Build with -ffp-contract=off (no contraction beyond the explicit fused multiply-adds) and
+   without -ffast-math: the additions must stay in their written order. */
 #include <math.h>
 #include <stdint.h>
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__FMA__)
+#define MTML_AVX2 1
 #include <immintrin.h>
 #endif
 
@@ -35,7 +39,7 @@ static void sums_scalar(const float *x, long n, long c, long hw, long c0, long g
   }
 }
 
-#if defined(__AVX2__)
+#if defined(MTML_AVX2)
 /* r[j] <- lane k holds row k's element j (8x8 float transpose) */
 static inline void transpose8(__m256 r[8]) {
   __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -97,7 +101,7 @@ static void sums_avx2(const float *x, long n, long c, long hw, long c0, int grou
 static void channel_sums(const float *x, long n, long c, long hw, const float *mean, double *s) {
   for (long k = 0; k < c; k++) s[k] = 0.0;
   long c0 = 0;
-#if defined(__AVX2__)
+#if defined(MTML_AVX2)
   for (; c0 + GROUP <= c; ) {
     long left = (c - c0) / GROUP;
     int groups = left < GROUPS ? (int)left : GROUPS;
@@ -108,8 +112,8 @@ static void channel_sums(const float *x, long n, long c, long hw, const float *m
   if (c0 < c) sums_scalar(x, n, c, hw, c0, c - c0, mean ? mean + c0 : 0, s + c0);
 }
 
-int mtml_bn_avx2(void) {
-#if defined(__AVX2__)
+int mtml_avx2(void) {
+#if defined(MTML_AVX2)
   return 1;
 #else
   return 0;
@@ -158,6 +162,17 @@ static inline float torch_maximum(float a, float b) {
   return a > b ? a : b;
 }
 
+#if defined(MTML_AVX2)
+static inline __m256 torch_maximum8(__m256 a, __m256 b) {
+  /* MAXPS gives b when they compare equal or either is NaN; NaN lanes become all ones */
+  return _mm256_or_ps(_mm256_max_ps(a, b), _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+}
+
+static inline __m256 normalise8(__m256 x, __m256 a, __m256 beta, int fused) {
+  return fused ? _mm256_fmadd_ps(x, a, beta) : _mm256_add_ps(_mm256_mul_ps(x, a), beta);
+}
+#endif
+
 /* Without a graph, a Conv-4 block's BatchNorm, 2x2 max-pool and ReLU in one pass:
    out[n, c, i, j] = relu(max(max(y[2i, 2j], y[2i+1, 2j]), max(y[2i, 2j+1], y[2i+1, 2j+1])))
    with y the BatchNorm output as in mtml_bn_apply, the pool's row pairs first as
@@ -170,12 +185,29 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
     float a = invstd[k] * (weight ? weight[k] : 1.0f);
     float b = bias ? bias[k] : 0.0f;
     float beta = fused ? fmaf(-mean[k], a, b) : b - mean[k] * a;
+#if defined(MTML_AVX2)
+    __m256 va = _mm256_set1_ps(a), vbeta = _mm256_set1_ps(beta), zero = _mm256_setzero_ps();
+#endif
     for (long s = 0; s < n; s++) {
       const float *p = x + (s * c + k) * h * w;
       float *q = out + (s * c + k) * oh * ow;
       for (long i = 0; i < oh; i++) {
         const float *r0 = p + 2 * i * w, *r1 = r0 + w;
-        for (long j = 0; j < ow; j++) {
+        long j = 0;
+#if defined(MTML_AVX2)
+        for (; j + 8 <= ow; j += 8) {  /* 16 input columns of both rows -> 8 outputs */
+          __m256 lo = torch_maximum8(normalise8(_mm256_loadu_ps(r0 + 2 * j), va, vbeta, fused),
+                                     normalise8(_mm256_loadu_ps(r1 + 2 * j), va, vbeta, fused));
+          __m256 hi = torch_maximum8(normalise8(_mm256_loadu_ps(r0 + 2 * j + 8), va, vbeta, fused),
+                                     normalise8(_mm256_loadu_ps(r1 + 2 * j + 8), va, vbeta, fused));
+          /* even and odd columns, in order: shuffle within 128-bit lanes, then order the lanes */
+          __m256 even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+          __m256 odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+          __m256 m = torch_maximum8(even, odd);
+          _mm256_storeu_ps(q + i * ow + j, _mm256_blendv_ps(m, zero, _mm256_cmp_ps(m, zero, _CMP_LT_OQ)));
+        }
+#endif
+        for (; j < ow; j++) {
           float y00, y01, y10, y11;
           if (fused) {
             y00 = fmaf(r0[2 * j], a, beta); y01 = fmaf(r0[2 * j + 1], a, beta);

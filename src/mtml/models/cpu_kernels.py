@@ -157,8 +157,8 @@ def _kernel() -> _Kernel | None:
     lib.mtml_bn_apply.argtypes = [_P, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
     lib.mtml_bn_apply_pool_relu.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
     lib.mtml_pool_index.argtypes = [_P, _L, _L, _L, _P]
-    lib.mtml_bn_avx2.restype = ctypes.c_int
-    vector = "AVX2" if lib.mtml_bn_avx2() else "scalar"
+    lib.mtml_avx2.restype = ctypes.c_int
+    vector = "AVX2" if lib.mtml_avx2() else "scalar"
     # torch's vectorised CPU code fuses multiply-adds; a build without FMA would not
     for fused in (1, 0):
         kernel = _Kernel(lib, fused, f"native ({vector}, {'fused' if fused else 'unfused'} multiply-add)")
