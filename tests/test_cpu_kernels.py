@@ -117,25 +117,49 @@ def test_block_without_a_graph_in_one_pass_equals_the_three_ops(one_thread, shap
 
 @needs_cc
 @pytest.mark.parametrize("shape", [(3, 4, 9, 9), (2, 3, 7, 7), (5, 8, 28, 28), (2, 2, 3, 3), (1, 3, 6, 5)])
-def test_pool_index_is_the_position_max_pool2d_takes(one_thread, shape):
+def test_pool_values_and_positions_are_max_pool2d_s(one_thread, shape):
     g = torch.Generator().manual_seed(shape[-1])
     x = (torch.randn(shape, generator=g) * 1.5).round()  # ties in most windows
     x.view(-1)[::17] = float("nan")
     x.view(-1)[5::23] = float("-inf")
     x[0, 0] = float("-inf")  # windows of -inf only keep their first position
-    index = bn.pool_index(x)
-    assert index is not None and index.is_contiguous()
-    assert torch.equal(index, nn.functional.max_pool2d(x, 2, return_indices=True)[1])
-    assert bn.pool_index(x[..., :1]) is None
+    out, index = bn._kernel().pool(x)
+    theirs, their_index = nn.functional.max_pool2d(x, 2, return_indices=True)
+    assert index.is_contiguous() and torch.equal(index, their_index)
+    assert torch.equal(out.nan_to_num(7.5), theirs.nan_to_num(7.5))
+    assert bn.max_pool(x[..., :1]) is None  # torch says why it cannot pool
 
 
 @needs_cc
-def test_conv4_pool_with_a_graph_uses_the_native_index_and_keeps_torchs_gradients(one_thread, monkeypatch):
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_pool_gradients_and_second_derivatives_are_max_pool2d_s(one_thread, create_graph):
+    g = torch.Generator().manual_seed(5)
+    x0 = (torch.randn(4, 8, 14, 14, generator=g) * 1.5).round()
+    x0[0, 0, 0, :2] = -0.0  # a zero gradient of either sign reaches its position as +0 (scatter_add)
+    weights = torch.randn(4, 8, 7, 7, generator=g)
+    weights[0, 0, 0, 0] = -0.0
+
+    def grads(pool):
+        x = x0.clone().requires_grad_()
+        w = weights.clone().requires_grad_()
+        gx, = torch.autograd.grad((pool(x) * w).sum(), x, create_graph=create_graph)
+        if not create_graph:
+            return [gx]
+        return [gx, *torch.autograd.grad((gx * gx.detach().cos()).sum(), (w,))]
+
+    ours = grads(bn.max_pool)
+    assert "_MaxPool" in type(bn.max_pool(x0.clone().requires_grad_()).grad_fn).__name__
+    for a, t in zip(ours, grads(lambda x: nn.functional.max_pool2d(x, 2))):
+        assert torch.equal(bits(a), bits(t))
+
+
+@needs_cc
+def test_conv4_pool_with_a_graph_takes_the_native_kernels(one_thread, monkeypatch):
     from mtml.models import conv4
 
     calls = []
-    index = bn.pool_index
-    monkeypatch.setattr(bn, "pool_index", lambda x: calls.append(x.shape) or index(x))
+    native = bn.max_pool
+    monkeypatch.setattr(bn, "max_pool", lambda x: calls.append(x.shape) or native(x))
     x = (torch.randn(4, 8, 14, 14) * 1.5).round().requires_grad_()
     weights = torch.randn(4, 8, 7, 7)
     ours, = torch.autograd.grad((conv4.max_pool(x) * weights).sum(), x)

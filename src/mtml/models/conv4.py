@@ -1,7 +1,8 @@
 """Conv-4 backbone (Vinyals et al.; Finn et al.) and the linear head.
 
 Four blocks of 3x3 conv (padding 1), BatchNorm, ReLU, 2x2 max-pool (computed as pool, then
-ReLU: the same numbers, see `ConvBlock.forward`). By default BatchNorm
+ReLU: the same numbers, see `ConvBlock.forward`; on a CPU, batch-statistics BatchNorm and,
+without a graph, the rest of the block run in `cpu_kernels`, with torch's bits). By default BatchNorm
 uses the statistics of the batch at hand (`track_running_stats=False`): inside an episode the
 support and query sets are normalised by themselves, as in MAML's reference code, and a
 model never carries running statistics from meta-training into a test episode
@@ -62,10 +63,12 @@ def max_pool(x: Tensor) -> Tensor:
     channels-last kernel at 80x32x28x28, torch 2.15, one thread). For a contiguous CPU input:
     - without a graph (evaluation), the maximum of each pair of rows, then of each pair of
       columns of that (strided views; faster than the four views of a window at once);
-    - with one, the channels-last kernel only finds each window's maximum (its index in the
-      plane, as the NCHW kernel gives it: both keep a window's first maximum) and a `gather`
-      on the contiguous input takes those values; gather's backward scatters into zeros, as
-      the max-pool's does, so gradients and second derivatives are the same too.
+    - with one, where the native kernels run, `cpu_kernels.max_pool` (values, the window
+      choice and the backward in C); elsewhere torch's channels-last kernel only finds each
+      window's maximum (its index in the plane, as the NCHW kernel gives it: both keep a
+      window's first maximum) and a `gather` on the contiguous input takes those values;
+      gather's backward scatters into zeros, as the max-pool's does, so gradients and second
+      derivatives are the same too.
     Pooling only selects, so every path gives the same numbers (tests/test_conv4_pool.py),
     and the layers around it still see contiguous tensors. Elsewhere (CUDA, inside
     torch.func transforms such as the vmap'd paths, channels-last runs) the plain op runs."""
@@ -78,12 +81,13 @@ def max_pool(x: Tensor) -> Tensor:
             x = x[..., :h, :w]
             rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
             return torch.maximum(rows[..., 0::2], rows[..., 1::2])
-        index = cpu_kernels.pool_index(x)
-        if index is None:
-            with torch.no_grad():
-                _, index = nn.functional.max_pool2d(x.detach().contiguous(memory_format=torch.channels_last), 2,
-                                                    return_indices=True)
-            index = index.contiguous()
+        out = cpu_kernels.max_pool(x)
+        if out is not None:
+            return out
+        with torch.no_grad():
+            _, index = nn.functional.max_pool2d(x.detach().contiguous(memory_format=torch.channels_last), 2,
+                                                return_indices=True)
+        index = index.contiguous()
         return x.flatten(2).gather(2, index.flatten(2)).view(index.shape)
     return nn.functional.max_pool2d(x, 2)
 

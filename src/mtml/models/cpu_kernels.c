@@ -227,8 +227,9 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
 /* The 2x2, stride-2 max-pool's choice per window, as torch's CPU max_pool2d makes it: the
    window's positions in order (row-major), keeping the first unless a later one is larger or
    NaN (then that one), starting from the first position; index = row * w + column in the
-   plane. x holds `planes` contiguous h x w planes; index gets (h / 2) x (w / 2) per plane. */
-void mtml_pool_index(const float *x, long planes, long h, long w, int64_t *index) {
+   plane, and `out` (when given) the value there. x holds `planes` contiguous h x w planes;
+   index and out get (h / 2) x (w / 2) per plane. */
+void mtml_pool_index(const float *x, long planes, long h, long w, int64_t *index, float *out) {
   long oh = h / 2, ow = w / 2;
   for (long p = 0; p < planes; p++) {
     const float *src = x + p * h * w;
@@ -240,11 +241,25 @@ void mtml_pool_index(const float *x, long planes, long h, long w, int64_t *index
         float v[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
         long at[4] = {base, base + 1, base + w, base + w + 1};
         float best = -INFINITY;
-        long arg = base;
+        int arg = 0;
         for (int q = 0; q < 4; q++)
-          if (v[q] > best || v[q] != v[q]) { best = v[q]; arg = at[q]; }
-        dst[i * ow + j] = arg;
+          if (v[q] > best || v[q] != v[q]) { best = v[q]; arg = q; }
+        dst[i * ow + j] = at[arg];
+        if (out) out[p * oh * ow + i * ow + j] = v[arg];
       }
     }
+  }
+}
+
+/* The pool's gradient: zeros, and each window's chosen position gets 0 + its output's
+   gradient (what scatter_add into zeros, gather's backward, computes: -0 becomes +0). */
+void mtml_pool_backward(const float *grad, const int64_t *index, long planes, long in_size, long out_size,
+                        float *grad_in) {
+  for (long p = 0; p < planes; p++) {
+    float *dst = grad_in + p * in_size;
+    for (long i = 0; i < in_size; i++) dst[i] = 0.0f;
+    const float *g = grad + p * out_size;
+    const int64_t *ix = index + p * out_size;
+    for (long j = 0; j < out_size; j++) dst[ix[j]] += g[j];
   }
 }

@@ -79,12 +79,20 @@ class _Kernel:
                                          ptr(b_), self.fused, out.data_ptr())
         return out
 
-    def pool_index(self, x: Tensor) -> Tensor:
-        """max_pool2d(x, 2, return_indices=True)[1], contiguous (no graph)."""
+    def pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """max_pool2d(x, 2, return_indices=True), both contiguous (no graph)."""
         n, c, h, w = x.shape
         index = torch.empty(n, c, h // 2, w // 2, dtype=torch.int64)
-        self.lib.mtml_pool_index(x.data_ptr(), n * c, h, w, index.data_ptr())
-        return index
+        out = x.new_empty(n, c, h // 2, w // 2)
+        self.lib.mtml_pool_index(x.data_ptr(), n * c, h, w, index.data_ptr(), out.data_ptr())
+        return out, index
+
+    def pool_backward(self, grad: Tensor, index: Tensor, shape: torch.Size) -> Tensor:
+        grad, out = grad.contiguous(), grad.new_empty(shape)
+        planes = shape[0] * shape[1]
+        self.lib.mtml_pool_backward(grad.data_ptr(), index.data_ptr(), planes, shape[2] * shape[3],
+                                    index[0, 0].numel(), out.data_ptr())
+        return out
 
 
 def _cpu_features() -> str:
@@ -139,7 +147,8 @@ def _self_check(kernel: _Kernel) -> bool:
                 return False
     ties = (torch.randn(4, 8, 9, 7, generator=g) * 1.5).round()
     ties.view(-1)[::13] = float("nan")
-    return torch.equal(kernel.pool_index(ties), torch.nn.functional.max_pool2d(ties, 2, return_indices=True)[1])
+    ours, theirs = kernel.pool(ties), torch.nn.functional.max_pool2d(ties, 2, return_indices=True)
+    return torch.equal(ours[1], theirs[1]) and torch.equal(ours[0].nan_to_num(7.5), theirs[0].nan_to_num(7.5))
 
 
 @functools.cache
@@ -156,7 +165,8 @@ def _kernel() -> _Kernel | None:
     lib.mtml_bn_stats.argtypes = [_P, _L, _L, _L, ctypes.c_double, _P, _P, _P]
     lib.mtml_bn_apply.argtypes = [_P, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
     lib.mtml_bn_apply_pool_relu.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
-    lib.mtml_pool_index.argtypes = [_P, _L, _L, _L, _P]
+    lib.mtml_pool_index.argtypes = [_P, _L, _L, _L, _P, _P]
+    lib.mtml_pool_backward.argtypes = [_P, _P, _L, _L, _L, _P]
     lib.mtml_avx2.restype = ctypes.c_int
     vector = "AVX2" if lib.mtml_avx2() else "scalar"
     # torch's vectorised CPU code fuses multiply-adds; a build without FMA would not
@@ -240,9 +250,34 @@ def batch_norm_pool_relu(x: Tensor, weight: Tensor | None, bias: Tensor | None, 
     return _kernel().pool_relu(x, weight, bias, eps)
 
 
-def pool_index(x: Tensor) -> Tensor | None:
-    """Where torch's 2x2 max-pool takes each window's value from (its `return_indices`,
-    contiguous), for a map the native kernels compute; None elsewhere."""
+class _MaxPool(torch.autograd.Function):
+    """2x2 max-pool: forward and, without `create_graph`, backward by the native kernels; under
+    `create_graph` (MAML's inner loop) the backward is recorded as the ops gather's backward
+    runs (scatter_add into zeros), so the second derivatives are those of `conv4.max_pool`'s
+    gather path. Every path selects the same values, so the numbers are the same."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out, index = _kernel().pool(x.detach())
+        ctx.save_for_backward(index)
+        ctx.shape = x.shape
+        ctx.mark_non_differentiable(index)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (index,) = ctx.saved_tensors
+        if torch.is_grad_enabled() or grad.dtype != torch.float32 or is_functorch_wrapped_tensor(grad):
+            flat = grad.new_zeros(ctx.shape).flatten(2)
+            return flat.scatter_add(2, index.flatten(2), grad.flatten(2)).view(ctx.shape)
+        return _kernel().pool_backward(grad, index, ctx.shape)
+
+
+def max_pool(x: Tensor) -> Tensor | None:
+    """torch's 2x2 max-pool (values, gradients and second derivatives) by the native kernels,
+    for a map they compute; None elsewhere."""
     if x.dim() != 4 or min(x.shape[-2:]) < 2 or not applies(x):
         return None
-    return _kernel().pool_index(x.detach())
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _MaxPool.apply(x)
+    return _kernel().pool(x)[0]
