@@ -4,8 +4,9 @@ Evaluation (`eval`, interleaved in one process): "before" is the evaluate stage'
 was at commit 24a6638: a pandas groupby per episode to find its images, the prediction, then a
 second backbone pass for NIL, with Conv-4's blocks as they were (ReLU on the whole map, then
 torch's NCHW max-pool). "after" is `evaluate_manifest` today (index arrays, NIL from the
-prediction's features where it has them, `conv4.max_pool`, ReLU after it), in its reference mode
-(`episode_batch: 1`) unless --batches says more. Both score the same random bank and
+prediction's features where it has them, `conv4.max_pool`, ReLU after it, Conv-4's native CPU
+kernels), in its reference mode (`episode_batch: 1`) unless --batches says more;
+"after_torch_kernels" the same with torch's kernels instead of the native ones. Both score the same random bank and
 manifest with the same untrained learner (params.yaml's hyperparameters; 28x28, 5-way 1-shot,
 15 queries, NIL against class means); every variant's accuracies are checked equal to the before path's.
 
@@ -18,8 +19,9 @@ Meta-training (`train`): a process per side, alternated (before, after, before, 
 timing `--iterations` meta-updates of the default settings (meta-batch 4) per call after a
 warm-up and reporting its median: "before" with Conv-4's blocks as they were (ReLU, then
 torch's NCHW max-pool) and glibc's default malloc, "after" as every mtml command runs now
-(`conv4.max_pool`, ReLU after the pool, `keep_freed_memory`).
-The loop trains the same (tests/test_conv4_pool.py), so both sides do the same arithmetic.
+(`conv4.max_pool`, ReLU after the pool, Conv-4's native CPU kernels, `keep_freed_memory`).
+The loop trains the same (tests/test_conv4_pool.py, tests/test_cpu_kernels.py), so both sides
+do the same arithmetic.
 
     python scripts/bench_before_after.py train --threads 1 --iterations 3 --repeats 5 --rounds 3
 
@@ -73,17 +75,6 @@ def old_manifest_episodes(bank, manifest):
         yield int(ep), bank.episode(*parts)
 
 
-@contextlib.contextmanager
-def nchw_max_pool():
-    """torch's NCHW max-pool in Conv-4 (`conv4.max_pool` replaced)."""
-    fast = conv4.max_pool
-    conv4.max_pool = lambda x: torch.nn.functional.max_pool2d(x, 2)
-    try:
-        yield
-    finally:
-        conv4.max_pool = fast
-
-
 def filing_time_block(self, x):
     """Conv-4's max-pool block as 24a6638 ran it: ReLU on the whole map, then the pool."""
     assert not self.stride, "the timed methods use max-pool blocks"
@@ -112,8 +103,8 @@ def before(learner, bank, manifest):
     return rows
 
 
-def after(learner, bank, manifest, batch: int, pool: bool = True):
-    with contextlib.nullcontext() if pool else nchw_max_pool():
+def after(learner, bank, manifest, batch: int, native: bool = True):
+    with contextlib.nullcontext() if native else cpu_kernels.torch_kernel():
         frame = evaluate_manifest(learner, bank, manifest, "eval", batch)
     return list(frame[["episode", "accuracy", "nil_accuracy"]].itertuples(index=False, name=None))
 
@@ -237,7 +228,7 @@ def main() -> None:
         learner = build(method, method_config(method), (1, 28, 28), 5).eval()
         reference = before(learner, bank, manifest)
         variants = {"before": lambda L=learner: before(L, bank, manifest),
-                    "after_nchw_pool": lambda L=learner: after(L, bank, manifest, 1, pool=False)}
+                    "after_torch_kernels": lambda L=learner: after(L, bank, manifest, 1, native=False)}
         for b in map(int, args.batches.split(",")):
             variants[f"after_batch{b}"] = lambda b=b, L=learner: after(L, bank, manifest, b)
         with contextlib.redirect_stderr(io.StringIO()):  # (progress bars)

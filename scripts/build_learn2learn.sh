@@ -7,7 +7,9 @@
 # requirements is needed to import it). --no-build-isolation: with --no-binary :all: pip would
 # otherwise build the build requirements (Cython) from source too; setuptools must be present.
 # Usage: bash scripts/build_learn2learn.sh [DIR]   (default /tmp/learn2learn-build), then
-#   pip install --find-links DIR/wheel '.[bench]'   or   pip install DIR/wheel/*.whl gym
+#   pip install DIR/wheel/*.whl gym && pip install -c constraints.txt numpy
+# (the second command puts numpy back to our pin: learn2learn requires qpth, whose release caps
+# numpy < 2, and pandas 3 does not import with numpy 1; learn2learn itself runs on numpy 2).
 set -euo pipefail
 DIR=${1:-/tmp/learn2learn-build}
 PY=${PYTHON:-python3}
