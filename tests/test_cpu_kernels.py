@@ -1,6 +1,6 @@
-"""`mtml.models.cpu_kernels`: the native batch-statistics BatchNorm gives torch's CPU
-kernel bit for bit (statistics, output, gradients, second derivatives, Conv-4 MAML
-meta-gradients and evaluation), and falls back to torch's kernel wherever it does not apply or
+"""`mtml.models.cpu_kernels`: the native batch-statistics BatchNorm and max-pool give torch's
+CPU kernels' results bit for bit (statistics, outputs, gradients, second derivatives, Conv-4
+MAML meta-gradients and evaluation), and torch's kernels run wherever they do not apply or
 cannot be built."""
 
 import shutil
@@ -14,7 +14,7 @@ from mtml.models import cpu_kernels as bn
 from mtml.models.conv4 import Classifier
 
 needs_cc = pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
-                              reason="no C compiler on this machine: torch's kernel runs (tested below)")
+                              reason="no C compiler on this machine: torch's kernels run (tested below)")
 
 
 def bits(t):
@@ -227,7 +227,7 @@ def test_switched_off_by_the_environment(one_thread, monkeypatch):
     monkeypatch.setenv(bn.ENV, "0")
     bn._kernel.cache_clear()
     try:
-        assert bn.status() == f"torch's kernel: {bn.ENV}=0"
+        assert bn.status() == f"torch's kernels: {bn.ENV}=0"
     finally:
         bn._kernel.cache_clear()
 
@@ -239,7 +239,7 @@ def test_a_kernel_that_differs_from_torch_is_not_used(one_thread, monkeypatch, t
     monkeypatch.setattr(bn._Kernel, "forward", lambda self, *a: [t.nextafter(t + 1) for t in forward(self, *a)])
     bn._kernel.cache_clear()
     try:
-        assert bn.status() == "torch's kernel: the native one differs from it in the self-check"
+        assert bn.status() == "torch's kernels: the native ones differ from them in the self-check"
         assert list(tmp_path.glob("mtml/cpu_kernels-*.so"))  # it did build
     finally:
         bn._kernel.cache_clear()

@@ -1,23 +1,26 @@
-"""BatchNorm with batch statistics on a CPU: torch's bits, about twice as fast.
+"""Conv-4's CPU kernels: torch's bits, faster (C in `cpu_kernels.c`, docs/speed.md).
 
-torch's CPU kernel sums each channel sequentially in double precision, one channel after the
-other, so every addition waits for the previous one: in a Conv-4 evaluation it costs as much
-as the convolutions. `cpu_kernels.c` runs the same sequential sums of many channels side by
-side (AVX2 vectors of eight channels), keeping each channel's order and so every bit of the
-mean, the inverse standard deviation and the output; the backward pass is torch's own
-(`native_batch_norm_backward` with these statistics), so gradients and MAML's second
-derivatives (recorded through it when a graph is built) are torch's too.
+- Batch-statistics BatchNorm. torch's CPU kernel sums each channel sequentially in double
+  precision, one channel after the other, so every addition waits for the previous one: in a
+  Conv-4 evaluation it cost as much as the convolutions. The C code runs the same sequential
+  sums of many channels side by side (AVX2 vectors of eight channels), keeping each channel's
+  order and so every bit of the mean, the inverse standard deviation and the output. The
+  backward pass is torch's own (`native_batch_norm_backward` with these statistics), so
+  gradients and MAML's second derivatives (recorded through it when a graph is built) are
+  torch's too.
+- Without a graph, a block's BatchNorm, 2x2 max-pool and ReLU in one pass.
+- With a graph, the 2x2 max-pool: values and window choice in one pass, and its backward.
 
 The C file is compiled on first use with the system's C compiler (`cc`, or `$CC`) for this
 CPU and cached in `$XDG_CACHE_HOME/mtml` (`~/.cache/mtml`), keyed by the source, the compiler
-and the CPU's features. Before it is used, a self-check compares it with torch's kernel bit for
-bit on random inputs; where anything differs (another torch build may fuse its arithmetic
-differently), where there is no compiler, or with `MTML_NATIVE_KERNELS=0`, torch's kernel
-runs: results never depend on which one ran, only the time. `status()` says which and why.
+and the CPU's features. Before it is used, a self-check compares it with torch's kernels bit
+for bit on random inputs; where anything differs (another torch build may fuse its arithmetic
+differently), where there is no compiler, or with `MTML_NATIVE_KERNELS=0`, torch's kernels
+run: results never depend on which ran, only the time. `status()` says which and why.
 
 Used for contiguous float32 NCHW maps with more than one position per plane, outside
 torch.func transforms, without running statistics, on one torch thread (torch spreads the
-channels over its threads; this kernel uses one), which is what every stage of the pipeline
+channels over its threads; these kernels use one), which is what every stage of the pipeline
 runs with (`threads: 1`).
 """
 
@@ -42,41 +45,47 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 
 SOURCE = Path(__file__).with_suffix(".c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
-ENV = "MTML_NATIVE_KERNELS"  # 0: always torch's kernel
+ENV = "MTML_NATIVE_KERNELS"  # 0: always torch's kernels
 
 _P, _L = ctypes.c_void_p, ctypes.c_long
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _param(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().contiguous()
 
 
 class _Kernel:
     def __init__(self, lib: ctypes.CDLL, fused: int, why: str):
         self.lib, self.fused, self.why = lib, fused, why
 
-    def forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def _stats(self, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         n, c = x.shape[:2]
-        hw = x.numel() // max(n * c, 1)
         mean, invstd = x.new_empty(c), x.new_empty(c)
         work = torch.empty(c, dtype=torch.float64)
-        y = torch.empty_like(x)
-        ptr = (lambda t: None if t is None else t.data_ptr())
-        w = None if weight is None else weight.detach().contiguous()
-        b = None if bias is None else bias.detach().contiguous()
-        self.lib.mtml_bn_stats(x.data_ptr(), n, c, hw, eps, mean.data_ptr(), invstd.data_ptr(), work.data_ptr())
-        self.lib.mtml_bn_apply(x.data_ptr(), n, c, hw, mean.data_ptr(), invstd.data_ptr(), ptr(w), ptr(b),
-                               self.fused, y.data_ptr())
+        self.lib.mtml_bn_stats(x.data_ptr(), n, c, x[0, 0].numel(), eps, mean.data_ptr(), invstd.data_ptr(),
+                               work.data_ptr())
+        return mean, invstd
+
+    def forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """F.batch_norm's output, save_mean and save_invstd (batch statistics)."""
+        mean, invstd = self._stats(x, eps)
+        y, w, b = torch.empty_like(x), _param(weight), _param(bias)
+        self.lib.mtml_bn_apply(x.data_ptr(), x.shape[0], x.shape[1], x[0, 0].numel(), mean.data_ptr(),
+                               invstd.data_ptr(), _ptr(w), _ptr(b), self.fused, y.data_ptr())
         return y, mean, invstd
 
     def pool_relu(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
         """relu(max_pool(batch_norm(x), 2)) in one pass over the map (no graph)."""
-        n, c, h, w = x.shape
-        mean, invstd = x.new_empty(c), x.new_empty(c)
-        work = torch.empty(c, dtype=torch.float64)
-        out = x.new_empty(n, c, h // 2, w // 2)
-        w_, b_ = (None if t is None else t.detach().contiguous() for t in (weight, bias))
-        ptr = (lambda t: None if t is None else t.data_ptr())
-        self.lib.mtml_bn_stats(x.data_ptr(), n, c, h * w, eps, mean.data_ptr(), invstd.data_ptr(), work.data_ptr())
-        self.lib.mtml_bn_apply_pool_relu(x.data_ptr(), n, c, h, w, mean.data_ptr(), invstd.data_ptr(), ptr(w_),
-                                         ptr(b_), self.fused, out.data_ptr())
+        n, c, h, width = x.shape
+        mean, invstd = self._stats(x, eps)
+        out, w, b = x.new_empty(n, c, h // 2, width // 2), _param(weight), _param(bias)
+        self.lib.mtml_bn_apply_pool_relu(x.data_ptr(), n, c, h, width, mean.data_ptr(), invstd.data_ptr(), _ptr(w),
+                                         _ptr(b), self.fused, out.data_ptr())
         return out
 
     def pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,9 +97,9 @@ class _Kernel:
         return out, index
 
     def pool_backward(self, grad: Tensor, index: Tensor, shape: torch.Size) -> Tensor:
+        """The input's gradient of `pool` (max_pool2d's backward)."""
         grad, out = grad.contiguous(), grad.new_empty(shape)
-        planes = shape[0] * shape[1]
-        self.lib.mtml_pool_backward(grad.data_ptr(), index.data_ptr(), planes, shape[2] * shape[3],
+        self.lib.mtml_pool_backward(grad.data_ptr(), index.data_ptr(), shape[0] * shape[1], shape[2] * shape[3],
                                     index[0, 0].numel(), out.data_ptr())
         return out
 
@@ -132,7 +141,7 @@ def _build() -> Path:
 
 
 def _self_check(kernel: _Kernel) -> bool:
-    """Bit for bit equal to torch's kernel on random maps (shapes of Conv-4 and odd ones)."""
+    """Bit for bit equal to torch's kernels on random maps (shapes of Conv-4 and odd ones)."""
     g = torch.Generator().manual_seed(12345)
     for shape in ((6, 32, 28, 28), (3, 32, 7, 7), (5, 19, 3, 3), (4, 8, 5, 1), (2, 3, 2, 2)):
         for scale in (1e-3, 1.0, 1e3):
@@ -155,12 +164,12 @@ def _self_check(kernel: _Kernel) -> bool:
 def _kernel() -> _Kernel | None:
     global _WHY
     if os.environ.get(ENV, "1") == "0":
-        _WHY = f"torch's kernel: {ENV}=0"
+        _WHY = f"torch's kernels: {ENV}=0"
         return None
     try:
         lib = ctypes.CDLL(str(_build()))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        _WHY = f"torch's kernel: the native one did not build ({err})"
+        _WHY = f"torch's kernels: the native ones did not build ({err})"
         return None
     lib.mtml_bn_stats.argtypes = [_P, _L, _L, _L, ctypes.c_double, _P, _P, _P]
     lib.mtml_bn_apply.argtypes = [_P, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
@@ -176,7 +185,7 @@ def _kernel() -> _Kernel | None:
             if _self_check(kernel):
                 _WHY = kernel.why
                 return kernel
-    _WHY = "torch's kernel: the native one differs from it in the self-check"
+    _WHY = "torch's kernels: the native ones differ from them in the self-check"
     return None
 
 
@@ -186,7 +195,7 @@ _OFF = contextvars.ContextVar("torch_batch_norm", default=False)
 
 @contextlib.contextmanager
 def torch_kernel() -> Iterator[None]:
-    """torch's kernel inside: the reference that tests and benchmarks compare with."""
+    """torch's kernels inside: the reference that tests and benchmarks compare with."""
     token = _OFF.set(True)
     try:
         yield
@@ -223,7 +232,7 @@ class _BatchNorm(torch.autograd.Function):
 
 
 def applies(x: Tensor) -> bool:
-    """Whether `x` is a map the native kernel computes (see the module's docstring)."""
+    """Whether `x` is a map the native kernels compute (see the module's docstring)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 3 and x.is_contiguous()
             and x[0, 0].numel() > 1 and not is_functorch_wrapped_tensor(x) and torch.get_num_threads() == 1
             and not _OFF.get() and _kernel() is not None)
@@ -261,7 +270,6 @@ class _MaxPool(torch.autograd.Function):
         out, index = _kernel().pool(x.detach())
         ctx.save_for_backward(index)
         ctx.shape = x.shape
-        ctx.mark_non_differentiable(index)
         return out
 
     @staticmethod
