@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import glob
 import hashlib
 import json
@@ -50,6 +51,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
 # Hours after which a temporary made on another host (a cluster node) counts as abandoned.
 FOREIGN_TEMP_HOURS = 24
+
+
+@contextlib.contextmanager
+def switched_on(flag: contextvars.ContextVar) -> Iterator[None]:
+    """A boolean ContextVar `flag` is True inside (threads and tasks keep their own), restored
+    after: the module-level switches of the models and learners."""
+    token = flag.set(True)
+    try:
+        yield
+    finally:
+        flag.reset(token)
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from mtml.utils import switched_on
 
 Params = dict[str, Tensor]
 # update(step, params, grads, loss) -> new params; the default is plain SGD.
@@ -28,14 +30,9 @@ UpdateRule = Callable[[int, Params, Params, Tensor], Params]
 _FUNCTIONAL = contextvars.ContextVar("functional_grads", default=False)
 
 
-@contextlib.contextmanager
-def functional_grads() -> Iterator[None]:
+def functional_grads() -> contextlib.AbstractContextManager[None]:
     """`adapt` calls inside take torch.func.grad gradients (vmap-safe)."""
-    token = _FUNCTIONAL.set(True)
-    try:
-        yield
-    finally:
-        _FUNCTIONAL.reset(token)
+    return switched_on(_FUNCTIONAL)
 
 
 def named_params(module: nn.Module, prefix: str = "") -> Params:

@@ -34,23 +34,19 @@ from torch import Tensor, nn
 from torch._C._functorch import is_batchedtensor, is_functorch_wrapped_tensor
 
 from mtml.models import cpu_kernels
+from mtml.utils import switched_on
 
 
 _SPLIT_AFFINE = contextvars.ContextVar("split_affine_batch_norm", default=False)
 
 
-@contextlib.contextmanager
-def split_affine_batch_norm() -> Iterator[None]:
+def split_affine_batch_norm() -> contextlib.AbstractContextManager[None]:
     """BatchNorm as normalise-then-scale-and-shift (two ops) inside: torch 2.x's vmap gives
     wrong second derivatives for batch_norm with an affine weight when its input depends on
     the parameters too (conv -> batch_norm, seen on torch 2.15), so second-order MAML under
     vmap runs this way, and so does vmap under bf16 autocast (whose fused backward fails on
     the mixed dtypes). Outside, the fused op runs, bit for bit as always."""
-    token = _SPLIT_AFFINE.set(True)
-    try:
-        yield
-    finally:
-        _SPLIT_AFFINE.reset(token)
+    return switched_on(_SPLIT_AFFINE)
 
 
 DOWNSAMPLE = ("maxpool", "stride")  # the default first

@@ -43,6 +43,8 @@ import torch
 from torch import Tensor
 from torch._C._functorch import is_functorch_wrapped_tensor
 
+from mtml.utils import switched_on
+
 SOURCE = Path(__file__).with_suffix(".c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
 ENV = "MTML_NATIVE_KERNELS"  # 0: always torch's kernels
@@ -193,14 +195,9 @@ _WHY = "not used yet"
 _OFF = contextvars.ContextVar("torch_batch_norm", default=False)
 
 
-@contextlib.contextmanager
-def torch_kernel() -> Iterator[None]:
+def torch_kernel() -> contextlib.AbstractContextManager[None]:
     """torch's kernels inside: the reference that tests and benchmarks compare with."""
-    token = _OFF.set(True)
-    try:
-        yield
-    finally:
-        _OFF.reset(token)
+    return switched_on(_OFF)
 
 
 def status() -> str:
