@@ -116,7 +116,9 @@ def test_block_without_a_graph_in_one_pass_equals_the_three_ops(one_thread, shap
 
 
 @needs_cc
-@pytest.mark.parametrize("shape", [(3, 4, 9, 9), (2, 3, 7, 7), (5, 8, 28, 28), (2, 2, 3, 3), (1, 3, 6, 5)])
+# rows of 1-7 windows (masked), 8 (one step), 10 and 17 (the last step overlapping), 14 (Conv-4)
+@pytest.mark.parametrize("shape", [(3, 4, 9, 9), (2, 3, 7, 7), (5, 8, 28, 28), (2, 2, 3, 3), (1, 3, 6, 5),
+                                   (2, 3, 4, 16), (2, 2, 5, 20), (2, 3, 6, 35)])
 def test_pool_values_and_positions_are_max_pool2d_s(one_thread, shape):
     g = torch.Generator().manual_seed(shape[-1])
     x = (torch.randn(shape, generator=g) * 1.5).round()  # ties in most windows
@@ -241,5 +243,28 @@ def test_a_kernel_that_differs_from_torch_is_not_used(one_thread, monkeypatch, t
     try:
         assert bn.status() == "torch's kernels: the native ones differ from them in the self-check"
         assert list(tmp_path.glob("mtml/cpu_kernels-*.so"))  # it did build
+    finally:
+        bn._kernel.cache_clear()
+
+
+@needs_cc
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_a_build_without_avx2_runs_the_scalar_code_to_the_same_bits(one_thread, monkeypatch, tmp_path):
+    """The C file's plain loops (what a CPU without AVX2 runs) against torch, as the vector code is."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(bn, "FLAGS", tuple("-march=x86-64" if f == "-march=native" else f for f in bn.FLAGS))
+    bn._kernel.cache_clear()
+    try:
+        assert bn.status().startswith("native (scalar"), bn.status()
+        g = torch.Generator().manual_seed(3)
+        for shape in [(5, 8, 28, 28), (3, 4, 9, 9), (2, 3, 6, 35), (4, 5, 3, 3)]:
+            x = (torch.randn(shape, generator=g) * 1.5).round()
+            x.view(-1)[::17] = float("nan")
+            out, index = bn._kernel().pool(x)
+            theirs, their_index = nn.functional.max_pool2d(x, 2, return_indices=True)
+            assert torch.equal(index, their_index) and torch.equal(out.nan_to_num(7.5), theirs.nan_to_num(7.5))
+            y, w, b = torch.randn(shape, generator=g), torch.randn(shape[1], generator=g), torch.randn(shape[1])
+            assert torch.equal(bits(bn.batch_norm_pool_relu(y, w, b, 1e-5)),
+                               bits(nn.functional.max_pool2d(torch.relu(reference(y, w, b)), 2)))
     finally:
         bn._kernel.cache_clear()

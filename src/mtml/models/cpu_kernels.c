@@ -171,7 +171,41 @@ static inline __m256 torch_maximum8(__m256 a, __m256 b) {
 static inline __m256 normalise8(__m256 x, __m256 a, __m256 beta, int fused) {
   return fused ? _mm256_fmadd_ps(x, a, beta) : _mm256_add_ps(_mm256_mul_ps(x, a), beta);
 }
+
+/* Lanes 0..n-1 of eight (n <= 8; n <= 0: none): the masks of a row's last windows. */
+static inline __m256i first_lanes(long n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n)), _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+}
+
+/* Columns 2j .. 2j+15 of row r as its even and odd columns, in order (n = 8 windows); for
+   n < 8 only the 2n columns of those windows are read (the other lanes are 0). */
+static inline void columns8(const float *r, long j, long n, __m256 *even, __m256 *odd) {
+  __m256 lo, hi;
+  if (n == 8) {
+    lo = _mm256_loadu_ps(r + 2 * j);
+    hi = _mm256_loadu_ps(r + 2 * j + 8);
+  } else {
+    lo = _mm256_maskload_ps(r + 2 * j, first_lanes(2 * n));
+    hi = _mm256_maskload_ps(r + 2 * j + 8, first_lanes(2 * n - 8));
+  }
+  /* shuffle within 128-bit lanes, then order the lanes */
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+
+static inline void store8(float *q, long n, __m256 v) {
+  if (n == 8)
+    _mm256_storeu_ps(q, v);
+  else
+    _mm256_maskstore_ps(q, first_lanes(n), v);
+}
 #endif
+
+/* The window a step of eight starts at in a row of ow windows (j = 0, 8, 16, ...): a row's
+   last step overlaps the one before (the same results again) unless the row has fewer than 8,
+   which one masked step covers. */
+static inline long step_start(long j, long ow) { return ow - j >= 8 || ow < 8 ? j : ow - 8; }
+static inline long step_windows(long ow) { return ow < 8 ? ow : 8; }
 
 /* Without a graph, a Conv-4 block's BatchNorm, 2x2 max-pool and ReLU in one pass:
    out[n, c, i, j] = relu(max(max(y[2i, 2j], y[2i+1, 2j]), max(y[2i, 2j+1], y[2i+1, 2j+1])))
@@ -195,16 +229,15 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
         const float *r0 = p + 2 * i * w, *r1 = r0 + w;
         long j = 0;
 #if defined(MTML_AVX2)
-        for (; j + 8 <= ow; j += 8) {  /* 16 input columns of both rows -> 8 outputs */
-          __m256 lo = torch_maximum8(normalise8(_mm256_loadu_ps(r0 + 2 * j), va, vbeta, fused),
-                                     normalise8(_mm256_loadu_ps(r1 + 2 * j), va, vbeta, fused));
-          __m256 hi = torch_maximum8(normalise8(_mm256_loadu_ps(r0 + 2 * j + 8), va, vbeta, fused),
-                                     normalise8(_mm256_loadu_ps(r1 + 2 * j + 8), va, vbeta, fused));
-          /* even and odd columns, in order: shuffle within 128-bit lanes, then order the lanes */
-          __m256 even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
-          __m256 odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
-          __m256 m = torch_maximum8(even, odd);
-          _mm256_storeu_ps(q + i * ow + j, _mm256_blendv_ps(m, zero, _mm256_cmp_ps(m, zero, _CMP_LT_OQ)));
+        for (; j < ow; j += 8) {
+          long at = step_start(j, ow), nw = step_windows(ow);
+          __m256 e0, o0, e1, o1;
+          columns8(r0, at, nw, &e0, &o0);
+          columns8(r1, at, nw, &e1, &o1);
+#define Y(v) normalise8(v, va, vbeta, fused)
+          __m256 m = torch_maximum8(torch_maximum8(Y(e0), Y(e1)), torch_maximum8(Y(o0), Y(o1)));
+#undef Y
+          store8(q + i * ow + at, nw, _mm256_blendv_ps(m, zero, _mm256_cmp_ps(m, zero, _CMP_LT_OQ)));
         }
 #endif
         for (; j < ow; j++) {
@@ -227,34 +260,81 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
 /* The 2x2, stride-2 max-pool's choice per window, as torch's CPU max_pool2d makes it: the
    window's positions in order (row-major), keeping the first unless a later one is larger or
    NaN (then that one), starting from the first position; index = row * w + column in the
-   plane, and `out` (when given) the value there. x holds `planes` contiguous h x w planes;
-   index and out get (h / 2) x (w / 2) per plane. */
+   plane, and `out` the value there. x holds `planes` contiguous h x w planes; index and out
+   get (h / 2) x (w / 2) per plane. */
+static inline void pool_window(const float *r0, const float *r1, long j, long base, long w, int64_t *index,
+                               float *out) {
+  float v[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+  int arg = 0;
+  for (int q = 1; q < 4; q++)
+    if (v[q] > v[arg] || v[q] != v[q]) arg = q;  /* from the first position: -inf windows keep it */
+  *index = base + (arg & 1) + (arg >> 1) * w;
+  *out = v[arg];
+}
+
+#if defined(MTML_AVX2)
+/* Windows j .. j+n-1 (n <= 8) of one row pair at once, the same choice as pool_window lane by
+   lane; n < 8 reads and writes only the row's own columns. */
+static inline void pool8(const float *r0, const float *r1, long j, long n, long base, long w, int64_t *index,
+                         float *out) {
+  __m256 v[4];
+  columns8(r0, j, n, &v[0], &v[1]);
+  columns8(r1, j, n, &v[2], &v[3]);
+  __m256 best = v[0];
+  __m256i arg = _mm256_setzero_si256();
+  for (int q = 1; q < 4; q++) {
+    __m256 take = _mm256_or_ps(_mm256_cmp_ps(v[q], best, _CMP_GT_OQ), _mm256_cmp_ps(v[q], v[q], _CMP_UNORD_Q));
+    best = _mm256_blendv_ps(best, v[q], take);
+    arg = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(arg),
+                                               _mm256_castsi256_ps(_mm256_set1_epi32(q)), take));
+  }
+  __m256i at = _mm256_add_epi32(_mm256_add_epi32(_mm256_set_epi32(14, 12, 10, 8, 6, 4, 2, 0),
+                                                 _mm256_set1_epi32((int)base)),
+                                _mm256_add_epi32(_mm256_and_si256(arg, _mm256_set1_epi32(1)),
+                                                 _mm256_mullo_epi32(_mm256_srli_epi32(arg, 1),
+                                                                    _mm256_set1_epi32((int)w))));
+  __m256i at0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(at));
+  __m256i at1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1));
+  if (n == 8) {
+    _mm256_storeu_si256((__m256i *)index, at0);
+    _mm256_storeu_si256((__m256i *)(index + 4), at1);
+  } else {
+    __m256i mo = first_lanes(n);
+    _mm256_maskstore_epi64((long long *)index, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mo)), at0);
+    _mm256_maskstore_epi64((long long *)(index + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mo, 1)),
+                           at1);
+  }
+  store8(out, n, best);
+}
+
+#endif
+
 void mtml_pool_index(const float *x, long planes, long h, long w, int64_t *index, float *out) {
   long oh = h / 2, ow = w / 2;
   for (long p = 0; p < planes; p++) {
     const float *src = x + p * h * w;
-    int64_t *dst = index + p * oh * ow;
+    int64_t *ix = index + p * oh * ow;
+    float *o = out + p * oh * ow;
     for (long i = 0; i < oh; i++) {
       const float *r0 = src + 2 * i * w, *r1 = r0 + w;
-      for (long j = 0; j < ow; j++) {
-        long base = 2 * i * w + 2 * j;
-        float v[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
-        long at[4] = {base, base + 1, base + w, base + w + 1};
-        float best = -INFINITY;
-        int arg = 0;
-        for (int q = 0; q < 4; q++)
-          if (v[q] > best || v[q] != v[q]) { best = v[q]; arg = q; }
-        dst[i * ow + j] = at[arg];
-        if (out) out[p * oh * ow + i * ow + j] = v[arg];
+      long j = 0;
+#if defined(MTML_AVX2)
+      if (h * w < (1L << 30)) {  /* positions fit the int32 lanes */
+        for (; j < ow; j += 8) {
+          long at = step_start(j, ow);
+          pool8(r0, r1, at, step_windows(ow), 2 * i * w + 2 * at, w, ix + i * ow + at, o + i * ow + at);
+        }
       }
+#endif
+      for (; j < ow; j++) pool_window(r0, r1, j, 2 * i * w + 2 * j, w, ix + i * ow + j, o + i * ow + j);
     }
   }
 }
 
 /* The pool's gradient: zeros, and each window's chosen position gets 0 + its output's
    gradient (what scatter_add into zeros, gather's backward, computes: -0 becomes +0). */
-void mtml_pool_backward(const float *grad, const int64_t *index, long planes, long in_size, long out_size,
-                        float *grad_in) {
+void mtml_pool_backward(const float *grad, const int64_t *index, long planes, long h, long w, float *grad_in) {
+  long in_size = h * w, out_size = (h / 2) * (w / 2);
   for (long p = 0; p < planes; p++) {
     float *dst = grad_in + p * in_size;
     for (long i = 0; i < in_size; i++) dst[i] = 0.0f;
