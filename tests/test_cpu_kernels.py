@@ -109,10 +109,38 @@ def test_block_without_a_graph_in_one_pass_equals_the_three_ops(one_thread, shap
         expected = papers_block_tail(x, w, b)
         assert torch.equal(fused.isnan(), expected.isnan())
         assert torch.equal(fused.nan_to_num(7.5), expected.nan_to_num(7.5))
-    x.requires_grad_()
-    assert bn.batch_norm_pool_relu(x, w, b, 1e-5) is None  # a graph is wanted: the ops one by one
     with torch.no_grad():
         assert bn.batch_norm_pool_relu(x[..., :1, :], w, b, 1e-5) is None  # torch says why it cannot pool
+
+
+def block_tail_now(x, w, b):
+    """The block after its conv as Conv-4 runs it with torch's kernels: BatchNorm, pool, ReLU."""
+    from mtml.models import conv4
+
+    with bn.torch_kernel():
+        return torch.relu(conv4.max_pool(nn.functional.batch_norm(x, None, None, w, b, True, 0.0, 1e-5)))
+
+
+@needs_cc
+@pytest.mark.parametrize("shape", [(5, 32, 28, 28), (20, 16, 14, 14), (6, 8, 7, 7), (7, 8, 3, 3), (3, 5, 2, 6)])
+def test_block_with_a_graph_in_one_pass_has_the_three_ops_gradients_and_second_derivatives(one_thread, shape):
+    g = torch.Generator().manual_seed(shape[-1] + 100)
+    x0 = (torch.randn(shape, generator=g) * 2).round()  # ties and windows of negatives
+    w0, b0 = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+    w0[0] = -w0[0].abs()
+    weights = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g)
+
+    def grads(fast):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        y = bn.batch_norm_pool_relu(x, w, b, 1e-5) if fast else block_tail_now(x, w, b)
+        assert fast == ("_BlockTail" in type(y.grad_fn).__name__)
+        plain = torch.autograd.grad((y * weights).sum(), (x, w, b), retain_graph=True)
+        first = torch.autograd.grad((y * y.detach().sin() * weights).sum(), (x, w, b), create_graph=True)
+        second = torch.autograd.grad(sum((f * f.detach().cos()).sum() for f in first), (x, w, b))
+        return [y, *plain, *first, *second]
+
+    for a, t in zip(grads(True), grads(False), strict=True):
+        assert torch.equal(bits(a), bits(t))
 
 
 @needs_cc
@@ -266,5 +294,9 @@ def test_a_build_without_avx2_runs_the_scalar_code_to_the_same_bits(one_thread, 
             y, w, b = torch.randn(shape, generator=g), torch.randn(shape[1], generator=g), torch.randn(shape[1])
             assert torch.equal(bits(bn.batch_norm_pool_relu(y, w, b, 1e-5)),
                                bits(nn.functional.max_pool2d(torch.relu(reference(y, w, b)), 2)))
+            y.requires_grad_()  # with a graph: values and the pool's choice (its gradient)
+            ours, theirs = bn.batch_norm_pool_relu(y, w, b, 1e-5), block_tail_now(y, w, b)
+            assert "_BlockTail" in type(ours.grad_fn).__name__ and torch.equal(bits(ours), bits(theirs))
+            assert torch.equal(*(bits(torch.autograd.grad(t.sum(), y)[0]) for t in (ours, theirs)))
     finally:
         bn._kernel.cache_clear()

@@ -1,8 +1,8 @@
 """Conv-4 backbone (Vinyals et al.; Finn et al.) and the linear head.
 
 Four blocks of 3x3 conv (padding 1), BatchNorm, ReLU, 2x2 max-pool (computed as pool, then
-ReLU: the same numbers, see `ConvBlock.forward`; on a CPU, batch-statistics BatchNorm and,
-without a graph, the rest of the block run in `cpu_kernels`, with torch's bits). By default BatchNorm
+ReLU: the same numbers, see `ConvBlock.forward`; on a CPU, batch-statistics BatchNorm, pool
+and ReLU run in one pass in `cpu_kernels`, with torch's bits). By default BatchNorm
 uses the statistics of the batch at hand (`track_running_stats=False`): inside an episode the
 support and query sets are normalised by themselves, as in MAML's reference code, and a
 model never carries running statistics from meta-training into a test episode
@@ -115,7 +115,7 @@ class ConvBlock(nn.Module):
             x = x * n.weight[:, None, None] + n.bias[:, None, None]
         elif self.norm.running_mean is None:  # batch statistics: torch's bits, faster on a CPU
             n = self.norm
-            if self.pool:  # without a graph, BatchNorm, pool and ReLU in one pass where it can
+            if self.pool:  # BatchNorm, pool and ReLU in one pass where it can
                 out = cpu_kernels.batch_norm_pool_relu(x, n.weight, n.bias, n.eps)
                 if out is not None:
                     return out

@@ -17,6 +17,7 @@
    Build with -ffp-contract=off (no contraction beyond the explicit fused multiply-adds) and
    without -ffast-math: the additions must stay in their written order. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #define MTML_AVX2 1
@@ -133,14 +134,28 @@ void mtml_bn_stats(const float *x, long n, long c, long hw, double eps, float *m
   }
 }
 
-/* y = x * alpha + beta per channel, alpha = invstd * weight, beta = bias - mean * alpha (weight
-   and bias may be null: 1 and 0). */
+/* Channel k's BatchNorm as y = x * a + beta: a = invstd * weight, beta = bias - mean * a
+   (weight and bias may be null: 1 and 0). */
+struct affine {
+  float a, beta;
+  int fused;
+};
+
+static inline struct affine channel_affine(long k, const float *mean, const float *invstd, const float *weight,
+                                           const float *bias, int fused) {
+  struct affine af;
+  af.a = invstd[k] * (weight ? weight[k] : 1.0f);
+  float b = bias ? bias[k] : 0.0f;
+  af.beta = fused ? fmaf(-mean[k], af.a, b) : b - mean[k] * af.a;
+  af.fused = fused;
+  return af;
+}
+
 void mtml_bn_apply(const float *x, long n, long c, long hw, const float *mean, const float *invstd,
                    const float *weight, const float *bias, int fused, float *y) {
   for (long k = 0; k < c; k++) {
-    float a = invstd[k] * (weight ? weight[k] : 1.0f);
-    float b = bias ? bias[k] : 0.0f;
-    float beta = fused ? fmaf(-mean[k], a, b) : b - mean[k] * a;
+    struct affine af = channel_affine(k, mean, invstd, weight, bias, fused);
+    float a = af.a, beta = af.beta;
     for (long i = 0; i < n; i++) {
       const float *p = x + (i * c + k) * hw;
       float *q = y + (i * c + k) * hw;
@@ -216,9 +231,8 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
                              float *out) {
   long oh = h / 2, ow = w / 2;
   for (long k = 0; k < c; k++) {
-    float a = invstd[k] * (weight ? weight[k] : 1.0f);
-    float b = bias ? bias[k] : 0.0f;
-    float beta = fused ? fmaf(-mean[k], a, b) : b - mean[k] * a;
+    struct affine af = channel_affine(k, mean, invstd, weight, bias, fused);
+    float a = af.a, beta = af.beta;
 #if defined(MTML_AVX2)
     __m256 va = _mm256_set1_ps(a), vbeta = _mm256_set1_ps(beta), zero = _mm256_setzero_ps();
 #endif
@@ -260,26 +274,38 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
 /* The 2x2, stride-2 max-pool's choice per window, as torch's CPU max_pool2d makes it: the
    window's positions in order (row-major), keeping the first unless a later one is larger or
    NaN (then that one), starting from the first position; index = row * w + column in the
-   plane, and `out` the value there. x holds `planes` contiguous h x w planes; index and out
-   get (h / 2) x (w / 2) per plane. */
-static inline void pool_window(const float *r0, const float *r1, long j, long base, long w, int64_t *index,
-                               float *out) {
-  float v[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+   plane. The values pooled are the map's own, or (with a graph, a block after its conv) its
+   BatchNorm output y = x * a + beta as in mtml_bn_apply, and then the value out is relu(y)
+   at the chosen position (torch.relu: x < 0 ? 0 : x, -0 kept). */
+
+static inline float affine1(float x, const struct affine *af) {
+  if (!af) return x;
+  return af->fused ? fmaf(x, af->a, af->beta) : x * af->a + af->beta;
+}
+
+static inline void pool_window(const float *r0, const float *r1, long j, long base, long w, const struct affine *af,
+                               int64_t *index, float *out) {
+  float v[4] = {affine1(r0[2 * j], af), affine1(r0[2 * j + 1], af), affine1(r1[2 * j], af),
+                affine1(r1[2 * j + 1], af)};
   int arg = 0;
   for (int q = 1; q < 4; q++)
     if (v[q] > v[arg] || v[q] != v[q]) arg = q;  /* from the first position: -inf windows keep it */
   *index = base + (arg & 1) + (arg >> 1) * w;
-  *out = v[arg];
+  *out = af && v[arg] < 0.0f ? 0.0f : v[arg];
 }
 
 #if defined(MTML_AVX2)
 /* Windows j .. j+n-1 (n <= 8) of one row pair at once, the same choice as pool_window lane by
    lane; n < 8 reads and writes only the row's own columns. */
-static inline void pool8(const float *r0, const float *r1, long j, long n, long base, long w, int64_t *index,
-                         float *out) {
+static inline void pool8(const float *r0, const float *r1, long j, long n, long base, long w, const struct affine *af,
+                         int64_t *index, float *out) {
   __m256 v[4];
   columns8(r0, j, n, &v[0], &v[1]);
   columns8(r1, j, n, &v[2], &v[3]);
+  if (af) {
+    __m256 va = _mm256_set1_ps(af->a), vbeta = _mm256_set1_ps(af->beta);
+    for (int q = 0; q < 4; q++) v[q] = normalise8(v[q], va, vbeta, af->fused);
+  }
   __m256 best = v[0];
   __m256i arg = _mm256_setzero_si256();
   for (int q = 1; q < 4; q++) {
@@ -304,30 +330,48 @@ static inline void pool8(const float *r0, const float *r1, long j, long n, long 
     _mm256_maskstore_epi64((long long *)(index + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mo, 1)),
                            at1);
   }
+  if (af) {
+    __m256 zero = _mm256_setzero_ps();
+    best = _mm256_blendv_ps(best, zero, _mm256_cmp_ps(best, zero, _CMP_LT_OQ));
+  }
   store8(out, n, best);
 }
-
 #endif
 
-void mtml_pool_index(const float *x, long planes, long h, long w, int64_t *index, float *out) {
+/* One plane: index and out get (h / 2) x (w / 2) windows. */
+static inline void pool_plane(const float *src, long h, long w, const struct affine *af, int64_t *ix, float *o) {
   long oh = h / 2, ow = w / 2;
-  for (long p = 0; p < planes; p++) {
-    const float *src = x + p * h * w;
-    int64_t *ix = index + p * oh * ow;
-    float *o = out + p * oh * ow;
-    for (long i = 0; i < oh; i++) {
-      const float *r0 = src + 2 * i * w, *r1 = r0 + w;
-      long j = 0;
+  for (long i = 0; i < oh; i++) {
+    const float *r0 = src + 2 * i * w, *r1 = r0 + w;
+    long j = 0;
 #if defined(MTML_AVX2)
-      if (h * w < (1L << 30)) {  /* positions fit the int32 lanes */
-        for (; j < ow; j += 8) {
-          long at = step_start(j, ow);
-          pool8(r0, r1, at, step_windows(ow), 2 * i * w + 2 * at, w, ix + i * ow + at, o + i * ow + at);
-        }
+    if (h * w < (1L << 30)) {  /* positions fit the int32 lanes */
+      for (; j < ow; j += 8) {
+        long at = step_start(j, ow);
+        pool8(r0, r1, at, step_windows(ow), 2 * i * w + 2 * at, w, af, ix + i * ow + at, o + i * ow + at);
       }
-#endif
-      for (; j < ow; j++) pool_window(r0, r1, j, 2 * i * w + 2 * j, w, ix + i * ow + j, o + i * ow + j);
     }
+#endif
+    for (; j < ow; j++) pool_window(r0, r1, j, 2 * i * w + 2 * j, w, af, ix + i * ow + j, o + i * ow + j);
+  }
+}
+
+/* max_pool2d(x, 2, return_indices=True) of `planes` contiguous h x w planes. */
+void mtml_pool_index(const float *x, long planes, long h, long w, int64_t *index, float *out) {
+  long size = (h / 2) * (w / 2);
+  for (long p = 0; p < planes; p++) pool_plane(x + p * h * w, h, w, NULL, index + p * size, out + p * size);
+}
+
+/* With a graph, a Conv-4 block after its convolution in one pass: out = relu(max_pool2d(y, 2))
+   and the pool's index, y = batch_norm(x) as in mtml_bn_apply (y itself is not kept). */
+void mtml_bn_apply_pool_relu_index(const float *x, long n, long c, long h, long w, const float *mean,
+                                   const float *invstd, const float *weight, const float *bias, int fused,
+                                   int64_t *index, float *out) {
+  long size = (h / 2) * (w / 2);
+  for (long k = 0; k < c; k++) {
+    struct affine af = channel_affine(k, mean, invstd, weight, bias, fused);
+    for (long s = 0; s < n; s++)
+      pool_plane(x + (s * c + k) * h * w, h, w, &af, index + (s * c + k) * size, out + (s * c + k) * size);
   }
 }
 

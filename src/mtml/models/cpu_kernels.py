@@ -8,8 +8,9 @@
   backward pass is torch's own (`native_batch_norm_backward` with these statistics), so
   gradients and MAML's second derivatives (recorded through it when a graph is built) are
   torch's too.
-- Without a graph, a block's BatchNorm, 2x2 max-pool and ReLU in one pass.
-- With a graph, the 2x2 max-pool: values and window choice in one pass, and its backward.
+- A block's BatchNorm, 2x2 max-pool and ReLU in one pass over the map (with a graph, the
+  pool's window choice too; the backward runs the three ops' backwards).
+- The 2x2 max-pool alone: values and window choice in one pass, and its backward.
 
 The C file is compiled on first use with the system's C compiler (`cc`, or `$CC`) for this
 CPU and cached in `$XDG_CACHE_HOME/mtml` (`~/.cache/mtml`), keyed by the source, the compiler
@@ -89,6 +90,18 @@ class _Kernel:
         self.lib.mtml_bn_apply_pool_relu(x.data_ptr(), n, c, h, width, mean.data_ptr(), invstd.data_ptr(), _ptr(w),
                                          _ptr(b), self.fused, out.data_ptr())
         return out
+
+    def pool_relu_index(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """relu(max_pool(batch_norm(x), 2)) in one pass, the pool's index (`return_indices`),
+        save_mean and save_invstd: what the block's backward needs (with a graph)."""
+        n, c, h, width = x.shape
+        mean, invstd = self._stats(x, eps)
+        out, w, b = x.new_empty(n, c, h // 2, width // 2), _param(weight), _param(bias)
+        index = torch.empty(out.shape, dtype=torch.int64)
+        self.lib.mtml_bn_apply_pool_relu_index(x.data_ptr(), n, c, h, width, mean.data_ptr(), invstd.data_ptr(),
+                                               _ptr(w), _ptr(b), self.fused, index.data_ptr(), out.data_ptr())
+        return out, index, mean, invstd
 
     def pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """max_pool2d(x, 2, return_indices=True), both contiguous (no graph)."""
@@ -179,6 +192,7 @@ def _kernel() -> _Kernel | None:
     lib.mtml_bn_stats.argtypes = [_P, _L, _L, _L, ctypes.c_double, _P, _P, _P]
     lib.mtml_bn_apply.argtypes = [_P, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
     lib.mtml_bn_apply_pool_relu.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
+    lib.mtml_bn_apply_pool_relu_index.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P, _P]
     lib.mtml_pool_index.argtypes = [_P, _L, _L, _L, _P, _P]
     lib.mtml_pool_backward.argtypes = [_P, _P, _L, _L, _L, _P]
     lib.mtml_avx2.restype = ctypes.c_int
@@ -249,21 +263,31 @@ def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 
 
 def batch_norm_pool_relu(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor | None:
-    """A Conv-4 block after its convolution without a graph, in one pass: relu(max_pool(
-    batch_norm(x), 2)), the values of the three ops (NaN where they give NaN); None where it
-    does not apply (a graph is wanted, or `batch_norm` would not use the native kernel)."""
-    params = [t for t in (weight, bias) if t is not None]
-    if (x.dim() != 4 or min(x.shape[-2:]) < 2 or not eps > 0 or not applies(x)
-            or torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params))):
+    """A Conv-4 block after its convolution, relu(max_pool(batch_norm(x), 2)), in one pass over
+    the map: the values of the three ops (NaN where they give NaN) and, with a graph, their
+    gradients and second derivatives (`_BlockTail`); None where `batch_norm` would not use the
+    native kernel or the map is too small to pool."""
+    if x.dim() != 4 or min(x.shape[-2:]) < 2 or not eps > 0 or not applies(x):
         return None
+    params = [t for t in (weight, bias) if t is not None]
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params)):
+        return _BlockTail.apply(x, weight, bias, eps)
     return _kernel().pool_relu(x, weight, bias, eps)
 
 
+def _pool_backward(grad: Tensor, index: Tensor, shape: torch.Size) -> Tensor:
+    """max_pool2d's input gradient from its index: native, or under `create_graph` (MAML's
+    inner loop) recorded as the ops gather's backward runs (scatter_add into zeros), so the
+    second derivatives are those of `conv4.max_pool`'s gather path."""
+    if torch.is_grad_enabled() or grad.dtype != torch.float32 or is_functorch_wrapped_tensor(grad):
+        flat = grad.new_zeros(shape).flatten(2)
+        return flat.scatter_add(2, index.flatten(2), grad.flatten(2)).view(shape)
+    return _kernel().pool_backward(grad, index, shape)
+
+
 class _MaxPool(torch.autograd.Function):
-    """2x2 max-pool: forward and, without `create_graph`, backward by the native kernels; under
-    `create_graph` (MAML's inner loop) the backward is recorded as the ops gather's backward
-    runs (scatter_add into zeros), so the second derivatives are those of `conv4.max_pool`'s
-    gather path. Every path selects the same values, so the numbers are the same."""
+    """2x2 max-pool: forward by the native kernel, backward `_pool_backward`. Every path selects
+    the same values, so the numbers are the same."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -275,10 +299,33 @@ class _MaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (index,) = ctx.saved_tensors
-        if torch.is_grad_enabled() or grad.dtype != torch.float32 or is_functorch_wrapped_tensor(grad):
-            flat = grad.new_zeros(ctx.shape).flatten(2)
-            return flat.scatter_add(2, index.flatten(2), grad.flatten(2)).view(ctx.shape)
-        return _kernel().pool_backward(grad, index, ctx.shape)
+        return _pool_backward(grad, index, ctx.shape)
+
+
+class _BlockTail(torch.autograd.Function):
+    """BatchNorm (batch statistics), 2x2 max-pool and ReLU of a Conv-4 block with a graph: the
+    forward in one pass (the BatchNorm output is never stored), the backward the three ops'
+    backwards in the order autograd runs them for `_BatchNorm`, `_MaxPool` and `torch.relu`:
+    ReLU's threshold_backward on the saved output, the pool's `_pool_backward`, torch's
+    `native_batch_norm_backward`; under `create_graph` each is recorded as there, so
+    gradients and second derivatives are the separate ops' bits (tests/test_cpu_kernels.py)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+        out, index, mean, invstd = _kernel().pool_relu_index(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, invstd, index, out)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, mean, invstd, index, out = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)
+        grad = _pool_backward(grad, index, x.shape)
+        mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True,
+                                                               ctx.eps, mask)
+        return gx, gw, gb, None
 
 
 def max_pool(x: Tensor) -> Tensor | None:
