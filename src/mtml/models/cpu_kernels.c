@@ -376,14 +376,22 @@ void mtml_bn_apply_pool_relu_index(const float *x, long n, long c, long h, long 
 }
 
 /* The pool's gradient: zeros, and each window's chosen position gets 0 + its output's
-   gradient (what scatter_add into zeros, gather's backward, computes: -0 becomes +0). */
-void mtml_pool_backward(const float *grad, const int64_t *index, long planes, long h, long w, float *grad_in) {
+   gradient (what scatter_add into zeros, gather's backward, computes: -0 becomes +0). With
+   `relu_out` (the block's output relu(pool(y))), ReLU's backward first, as threshold_backward
+   computes it: 0 where the output is <= 0. */
+void mtml_pool_backward(const float *grad, const float *relu_out, const int64_t *index, long planes, long h, long w,
+                        float *grad_in) {
   long in_size = h * w, out_size = (h / 2) * (w / 2);
   for (long p = 0; p < planes; p++) {
     float *dst = grad_in + p * in_size;
     for (long i = 0; i < in_size; i++) dst[i] = 0.0f;
     const float *g = grad + p * out_size;
     const int64_t *ix = index + p * out_size;
-    for (long j = 0; j < out_size; j++) dst[ix[j]] += g[j];
+    if (relu_out) {
+      const float *o = relu_out + p * out_size;
+      for (long j = 0; j < out_size; j++) dst[ix[j]] += o[j] <= 0.0f ? 0.0f : g[j];
+    } else {
+      for (long j = 0; j < out_size; j++) dst[ix[j]] += g[j];
+    }
   }
 }

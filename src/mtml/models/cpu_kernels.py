@@ -111,11 +111,13 @@ class _Kernel:
         self.lib.mtml_pool_index(x.data_ptr(), n * c, h, w, index.data_ptr(), out.data_ptr())
         return out, index
 
-    def pool_backward(self, grad: Tensor, index: Tensor, shape: torch.Size) -> Tensor:
-        """The input's gradient of `pool` (max_pool2d's backward)."""
+    def pool_backward(self, grad: Tensor, index: Tensor, shape: torch.Size, relu_out: Tensor | None = None
+                      ) -> Tensor:
+        """The input's gradient of `pool` (max_pool2d's backward); with `relu_out`, of
+        relu(pool(.)) whose output that is."""
         grad, out = grad.contiguous(), grad.new_empty(shape)
-        self.lib.mtml_pool_backward(grad.data_ptr(), index.data_ptr(), shape[0] * shape[1], shape[2], shape[3],
-                                    out.data_ptr())
+        self.lib.mtml_pool_backward(grad.data_ptr(), _ptr(relu_out), index.data_ptr(), shape[0] * shape[1], shape[2],
+                                    shape[3], out.data_ptr())
         return out
 
 
@@ -194,7 +196,7 @@ def _kernel() -> _Kernel | None:
     lib.mtml_bn_apply_pool_relu.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P]
     lib.mtml_bn_apply_pool_relu_index.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int, _P, _P]
     lib.mtml_pool_index.argtypes = [_P, _L, _L, _L, _P, _P]
-    lib.mtml_pool_backward.argtypes = [_P, _P, _L, _L, _L, _P]
+    lib.mtml_pool_backward.argtypes = [_P, _P, _P, _L, _L, _L, _P]
     lib.mtml_avx2.restype = ctypes.c_int
     vector = "AVX2" if lib.mtml_avx2() else "scalar"
     # torch's vectorised CPU code fuses multiply-adds; a build without FMA would not
@@ -275,14 +277,17 @@ def batch_norm_pool_relu(x: Tensor, weight: Tensor | None, bias: Tensor | None, 
     return _kernel().pool_relu(x, weight, bias, eps)
 
 
-def _pool_backward(grad: Tensor, index: Tensor, shape: torch.Size) -> Tensor:
-    """max_pool2d's input gradient from its index: native, or under `create_graph` (MAML's
-    inner loop) recorded as the ops gather's backward runs (scatter_add into zeros), so the
-    second derivatives are those of `conv4.max_pool`'s gather path."""
+def _pool_backward(grad: Tensor, index: Tensor, shape: torch.Size, relu_out: Tensor | None = None) -> Tensor:
+    """max_pool2d's input gradient from its index (with `relu_out`, ReLU's threshold_backward
+    on that output first): native, or under `create_graph` (MAML's inner loop) recorded as the
+    ops ReLU's and gather's backward run (scatter_add into zeros), so the second derivatives
+    are those of `conv4.max_pool`'s gather path and torch.relu."""
     if torch.is_grad_enabled() or grad.dtype != torch.float32 or is_functorch_wrapped_tensor(grad):
+        if relu_out is not None:
+            grad = torch.ops.aten.threshold_backward(grad, relu_out, 0)
         flat = grad.new_zeros(shape).flatten(2)
         return flat.scatter_add(2, index.flatten(2), grad.flatten(2)).view(shape)
-    return _kernel().pool_backward(grad, index, shape)
+    return _kernel().pool_backward(grad, index, shape, relu_out)
 
 
 class _MaxPool(torch.autograd.Function):
@@ -320,8 +325,7 @@ class _BlockTail(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, mean, invstd, index, out = ctx.saved_tensors
-        grad = torch.ops.aten.threshold_backward(grad, out, 0)
-        grad = _pool_backward(grad, index, x.shape)
+        grad = _pool_backward(grad, index, x.shape, relu_out=out)
         mask = [bool(m) for m in ctx.needs_input_grad[:3]]
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True,
                                                                ctx.eps, mask)
