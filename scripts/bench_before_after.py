@@ -25,12 +25,13 @@ do the same arithmetic.
 
     python scripts/bench_before_after.py train --threads 1 --iterations 3 --repeats 5 --rounds 3
 
-Conv-4's block without a graph (`pool`, interleaved in one process), per block of an
-evaluation's query set (75 images, 32 channels): ReLU, then the maximum of each window's four
+Conv-4's block (`pool`, interleaved in one process), per block of an evaluation's query set
+(75 images, 32 channels), without a graph: ReLU, then the maximum of each window's four
 strided views (the evaluation path before ReLU moved after the pool) against `conv4.max_pool`
 (row pairs, then column pairs), then ReLU; the two pools alone; torch's BatchNorm against the
 native one (`mtml.models.cpu_kernels`); and what follows the convolution as filed (torch's
-BatchNorm, ReLU, torch's max-pool) against the block now (BatchNorm, pool and ReLU in one pass).
+BatchNorm, ReLU, torch's max-pool) against the block now (BatchNorm, pool and ReLU in one pass);
+with a graph, the last pair's forward and backward (the gradients of map, weight and bias).
 
     python scripts/bench_before_after.py pool --threads 1 --repeats 40
 """
@@ -145,29 +146,47 @@ def block_tail_before(x, w, b):
 
 
 def block_tail_now(x, w, b):
-    """The same as `ConvBlock.forward` computes it now without a graph."""
+    """The same as `ConvBlock.forward` computes it now."""
     out = cpu_kernels.batch_norm_pool_relu(x, w, b, 1e-5)
     return out if out is not None else torch.relu(conv4.max_pool(cpu_kernels.batch_norm(x, w, b, 1e-5)))
+
+
+def with_graph(tail, w, b, g):
+    """A block tail's forward and backward with a graph (map, weight and bias require grad),
+    given the output's gradient `g`: the three gradients."""
+    def run(x):
+        with torch.enable_grad():
+            xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
+            return torch.autograd.grad(tail(xs, ws, bs), (xs, ws, bs), g[:x.shape[0], :, :x.shape[2] // 2])
+    return run
+
+
+def same(a, b) -> bool:
+    return all(map(torch.equal, a, b)) if isinstance(a, tuple) else torch.equal(a, b)
 
 
 def pool(args) -> None:
     torch.set_num_threads(args.threads)
     w, b = torch.randn(32), torch.randn(32)
+    g = torch.randn(75, 32, 14, 14)
     variants = {"relu_then_four_views": lambda x: four_view_max(torch.relu(x)),
                 "max_pool_then_relu": lambda x: torch.relu(conv4.max_pool(x)),
                 "four_views": four_view_max, "max_pool": conv4.max_pool,
                 "torch_batch_norm": lambda x: torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0, 1e-5),
                 "native_batch_norm": lambda x: cpu_kernels.batch_norm(x, w, b, 1e-5),
                 "block_tail_before": lambda x: block_tail_before(x, w, b),
-                "block_tail_now": lambda x: block_tail_now(x, w, b)}
+                "block_tail_now": lambda x: block_tail_now(x, w, b),
+                "graph_block_tail_before": with_graph(block_tail_before, w, b, g),
+                "graph_block_tail_now": with_graph(block_tail_now, w, b, g)}
     pairs = {"pool_and_relu": ("relu_then_four_views", "max_pool_then_relu"), "pool": ("four_views", "max_pool"),
              "batch_norm": ("torch_batch_norm", "native_batch_norm"),
-             "block_tail": ("block_tail_before", "block_tail_now")}
+             "block_tail": ("block_tail_before", "block_tail_now"),
+             "block_tail_with_graph": ("graph_block_tail_before", "graph_block_tail_now")}
     for size in (28, 14, 7):
         x = torch.randn(75, 32, size, size)
         with torch.no_grad():  # each pair computes the same numbers
             for before_name, after_name in pairs.values():
-                assert torch.equal(variants[before_name](x), variants[after_name](x)), (before_name, after_name)
+                assert same(variants[before_name](x), variants[after_name](x)), (before_name, after_name)
         seconds = {name: [] for name in variants}
         with torch.no_grad():
             for _ in range(args.repeats):

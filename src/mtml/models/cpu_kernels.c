@@ -11,8 +11,9 @@
      var_sum / count in float; alpha = invstd * weight, beta = fma(-mean, alpha, bias), y =
      fma(x, alpha, beta) (torch's vectorised CPU code fuses both; `fused` = 0 computes them
      unfused for builds that do not, picked by the self-check in Python).
-   - Without a graph, BatchNorm, the 2x2 max-pool and ReLU of a block in one pass.
-   - The 2x2 max-pool's choice of position per window (its `return_indices`).
+   - BatchNorm, the 2x2 max-pool and ReLU of a block in one pass (with a graph, with the
+     pool's choice of position per window, its `return_indices`).
+   - The 2x2 max-pool alone, values and choice, eight windows at a time; its backward.
 
    Build with -ffp-contract=off (no contraction beyond the explicit fused multiply-adds) and
    without -ffast-math: the additions must stay in their written order. */
@@ -151,6 +152,12 @@ static inline struct affine channel_affine(long k, const float *mean, const floa
   return af;
 }
 
+/* y of one value (null: the value itself). */
+static inline float affine1(float x, const struct affine *af) {
+  if (!af) return x;
+  return af->fused ? fmaf(x, af->a, af->beta) : x * af->a + af->beta;
+}
+
 void mtml_bn_apply(const float *x, long n, long c, long hw, const float *mean, const float *invstd,
                    const float *weight, const float *bias, int fused, float *y) {
   for (long k = 0; k < c; k++) {
@@ -232,9 +239,8 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
   long oh = h / 2, ow = w / 2;
   for (long k = 0; k < c; k++) {
     struct affine af = channel_affine(k, mean, invstd, weight, bias, fused);
-    float a = af.a, beta = af.beta;
 #if defined(MTML_AVX2)
-    __m256 va = _mm256_set1_ps(a), vbeta = _mm256_set1_ps(beta), zero = _mm256_setzero_ps();
+    __m256 va = _mm256_set1_ps(af.a), vbeta = _mm256_set1_ps(af.beta), zero = _mm256_setzero_ps();
 #endif
     for (long s = 0; s < n; s++) {
       const float *p = x + (s * c + k) * h * w;
@@ -255,14 +261,8 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
         }
 #endif
         for (; j < ow; j++) {
-          float y00, y01, y10, y11;
-          if (fused) {
-            y00 = fmaf(r0[2 * j], a, beta); y01 = fmaf(r0[2 * j + 1], a, beta);
-            y10 = fmaf(r1[2 * j], a, beta); y11 = fmaf(r1[2 * j + 1], a, beta);
-          } else {
-            y00 = r0[2 * j] * a + beta; y01 = r0[2 * j + 1] * a + beta;
-            y10 = r1[2 * j] * a + beta; y11 = r1[2 * j + 1] * a + beta;
-          }
+          float y00 = affine1(r0[2 * j], &af), y01 = affine1(r0[2 * j + 1], &af);
+          float y10 = affine1(r1[2 * j], &af), y11 = affine1(r1[2 * j + 1], &af);
           float m = torch_maximum(torch_maximum(y00, y10), torch_maximum(y01, y11));
           q[i * ow + j] = m < 0.0f ? 0.0f : m;
         }
@@ -277,11 +277,6 @@ void mtml_bn_apply_pool_relu(const float *x, long n, long c, long h, long w, con
    plane. The values pooled are the map's own, or (with a graph, a block after its conv) its
    BatchNorm output y = x * a + beta as in mtml_bn_apply, and then the value out is relu(y)
    at the chosen position (torch.relu: x < 0 ? 0 : x, -0 kept). */
-
-static inline float affine1(float x, const struct affine *af) {
-  if (!af) return x;
-  return af->fused ? fmaf(x, af->a, af->beta) : x * af->a + af->beta;
-}
 
 static inline void pool_window(const float *r0, const float *r1, long j, long base, long w, const struct affine *af,
                                int64_t *index, float *out) {

@@ -241,10 +241,14 @@ class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, mean, invstd = ctx.saved_tensors
-        mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True,
-                                                               ctx.eps, mask)
-        return gx, gw, gb, None
+        return (*_batch_norm_backward(ctx, grad, x, weight, mean, invstd), None)
+
+
+def _batch_norm_backward(ctx, grad: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor):
+    """torch's own backward of batch-statistics BatchNorm (recorded under `create_graph`):
+    the gradients of the map, weight and bias the Function's inputs need."""
+    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+    return torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True, ctx.eps, mask)
 
 
 def applies(x: Tensor) -> bool:
@@ -326,10 +330,7 @@ class _BlockTail(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight, mean, invstd, index, out = ctx.saved_tensors
         grad = _pool_backward(grad, index, x.shape, relu_out=out)
-        mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None, mean, invstd, True,
-                                                               ctx.eps, mask)
-        return gx, gw, gb, None
+        return (*_batch_norm_backward(ctx, grad, x, weight, mean, invstd), None)
 
 
 def max_pool(x: Tensor) -> Tensor | None:
