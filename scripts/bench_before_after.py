@@ -157,7 +157,7 @@ def with_graph(tail, w, b, g):
     def run(x):
         with torch.enable_grad():
             xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
-            return torch.autograd.grad(tail(xs, ws, bs), (xs, ws, bs), g[:x.shape[0], :, :x.shape[2] // 2])
+            return torch.autograd.grad(tail(xs, ws, bs), (xs, ws, bs), g[..., :x.shape[2] // 2, :x.shape[3] // 2])
     return run
 
 
